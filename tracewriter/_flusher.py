@@ -1,0 +1,489 @@
+"""The flusher: the one background task that drains the buffer into a sink.
+
+Owns timing (every ``flush_interval``, early when a batch is full, at once on ``flush()``),
+coalescing (a start and its end in the same flush become one complete row; a start still open
+is held for ``open_row_grace`` and then written open, its end later upserted), retries with
+exponential backoff and jitter, isolation of rows the database refuses (split the batch until
+they are alone, then dead-letter them), the metric roll-ups of what was written, and the
+accounting of every event taken from the buffer. It talks to a :class:`~tracewriter._sink.Sink`
+and knows no SQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as _dt
+import random
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import orjson
+
+from tracewriter import _schema as schema
+from tracewriter._buffer import Buffer
+from tracewriter._logging import RateLimitedLog, get_logger
+from tracewriter._records import Event, EventKind, InvalidEvent, Row, build, clean_text
+from tracewriter._rollup import Rollup
+from tracewriter._sink import (
+    DataSinkError,
+    DeadLetter,
+    RetriableSinkError,
+    Sink,
+    SinkError,
+    SyncStatus,
+)
+
+__all__ = ["Flusher", "FlusherSettings", "FlusherStats"]
+
+_log = get_logger("flusher")
+
+_STARTS: Final = frozenset({EventKind.SPAN_START, EventKind.TRACE_START})
+_ENDS: Final = frozenset({EventKind.SPAN_END, EventKind.TRACE_END})
+_BUILD_CHUNK: Final = 256  # events built between yields to the event loop
+_MAX_PENDING_DEAD_LETTERS: Final = 10_000
+_MAX_PENDING_METRIC_BATCHES: Final = 1_000
+
+# Indices of the columns the flusher reads from rows (same positions in traces and spans).
+_TRACE_ID: Final = 2
+_SPAN_ID: Final = 3
+_END_FIELDS: Final = {
+    table: tuple(schema.COLUMNS[table].index(c) for c in schema.END_UPDATE_COLUMNS)
+    for table in schema.UPSERTABLE
+}
+_METADATA: Final = {table: schema.COLUMNS[table].index("metadata") for table in schema.UPSERTABLE}
+
+
+@dataclass(frozen=True, slots=True)
+class FlusherSettings:
+    """The part of the writer configuration the flusher uses."""
+
+    flush_interval: float = 1.0
+    max_batch_rows: int = 5000
+    open_row_grace: float = 5.0
+    retry_initial_backoff: float = 0.1
+    retry_max_backoff: float = 5.0
+    partition_check_interval: float = 600.0
+    provider_name: str = "postgres"
+    dead_letter_max_chars: int = 100_000
+
+
+@dataclass(slots=True)
+class FlusherStats:
+    """What the flusher did, beyond the buffer's ledger."""
+
+    flushes: int = 0
+    retries: int = 0
+    rows_written: dict[str, int] = field(default_factory=dict)
+    end_upserts: int = 0
+    last_flush_duration: float | None = None
+    last_flush_at: _dt.datetime | None = None
+    last_error: str | None = None
+    consecutive_failures: int = 0
+    internal_errors: int = 0
+    held_open: int = 0
+    pending_dead_letters: int = 0
+    pending_metric_batches: int = 0
+
+
+@dataclass(slots=True)
+class _Entry:
+    """A row to write and the number of events it settles (2 for a coalesced start+end)."""
+
+    row: Row
+    events: int
+
+
+@dataclass(slots=True)
+class _Batch:
+    entries: list[_Entry]
+    # Set after a retriable failure: the write may have committed, so retry de-duplicating.
+    ambiguous: bool = False
+
+
+@dataclass(slots=True)
+class _Held:
+    table: str
+    row: Row
+    since: float
+
+
+WriteOp = Callable[[str, Sequence[Row], bool], Awaitable[None]]
+
+
+def _merge_metadata(start: str | None, end: str | None) -> str | None:
+    if end is None or end == start:
+        return start
+    if start is None:
+        return end
+    merged = orjson.loads(start)
+    merged.update(orjson.loads(end))
+    return orjson.dumps(merged).decode("utf-8")
+
+
+def _complete(table: str, start: Row, end: Row) -> Row:
+    """The start row with the end's outcome filled in: one complete row for COPY."""
+    row = list(start)
+    for i in _END_FIELDS[table]:
+        row[i] = end[i]
+    meta = _METADATA[table]
+    row[meta] = _merge_metadata(start[meta], end[meta])
+    return tuple(row)
+
+
+class Flusher:
+    """Drains ``buffer`` into ``sink``. Run :meth:`run` as one task; call the rest from its loop."""
+
+    def __init__(
+        self,
+        buffer: Buffer,
+        sink: Sink,
+        settings: FlusherSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._buffer = buffer
+        self._sink = sink
+        self._settings = settings
+        self._clock = clock
+        self._held: dict[tuple[str, str, str], _Held] = {}
+        self._inserts: dict[str, list[_Batch]] = {}
+        self._ends: dict[str, list[_Batch]] = {}
+        self._metric_batches: list[tuple[str, list[Row]]] = []
+        self._dead_letters: list[DeadLetter] = []
+        self._rollup = Rollup()
+        self._status_sent = 0
+        self._status_failed = 0
+        self._dropped_reported = 0
+        self._unbuilt: deque[Event] = deque()
+        self._fresh_inserts: dict[str, list[_Entry]] = {}
+        self._fresh_ends: dict[str, list[_Entry]] = {}
+        self._stats = FlusherStats()
+        self._wake = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._stopping = False
+        self._next_maintenance = 0.0
+        self._rejected_log = RateLimitedLog(_log, "event_rejected")
+        self._retry_log = RateLimitedLog(_log, "flush_failed", level="warning")
+
+    # --- control ------------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Ask for a flush now (from the flusher's loop; other threads use call_soon_threadsafe)."""
+        self._wake.set()
+
+    @property
+    def stats(self) -> FlusherStats:
+        """Counters of flushes, retries and errors (a live object; copy before sharing)."""
+        self._stats.held_open = len(self._held)
+        self._stats.pending_dead_letters = len(self._dead_letters)
+        self._stats.pending_metric_batches = len(self._metric_batches)
+        return self._stats
+
+    def has_pending(self) -> bool:
+        """Whether any taken event is still unwritten (held open, or waiting for a retry)."""
+        return bool(
+            self._held
+            or self._unbuilt
+            or any(self._inserts.values())
+            or any(self._ends.values())
+            or self._metric_batches
+            or self._dead_letters
+        )
+
+    async def run(self) -> None:
+        """Flush on the interval until :meth:`stop`; never raises out of a failed flush."""
+        while not self._stopping:
+            if self._stats.consecutive_failures:
+                # Backing off: a full batch is no reason to hammer a server that is away.
+                await self._wait(self._stopped, self._backoff())
+            else:
+                await self._wait(self._wake, self._settings.flush_interval)
+                self._wake.clear()
+            if self._stopping:
+                break
+            await self.flush_once(force=False)
+
+    @staticmethod
+    async def _wait(event: asyncio.Event, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout=timeout)
+
+    def rebind(self) -> None:
+        """Use a new event loop from now on (the one the flusher ran on has ended)."""
+        self._wake = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._stopping = False
+
+    def stop(self) -> None:
+        """Make :meth:`run` return after the flush in progress, if any."""
+        self._stopping = True
+        self._stopped.set()
+        self._wake.set()
+
+    async def flush_once(self, *, force: bool) -> bool:
+        """One flush cycle; ``force`` writes held open rows now. Returns True when all is written.
+
+        Safe to cancel at any await: every event taken from the buffer stays in the flusher's
+        own state until it is settled, so :meth:`abandon` can still account for it.
+        """
+        async with self._lock:
+            started = self._clock()
+            try:
+                await self._build(force=force)
+                await self._write_pending()
+            except RetriableSinkError as exc:
+                self._note_failure(exc)
+                return False
+            except Exception as exc:  # a bug must not kill the task: log, count, carry on
+                self._stats.internal_errors += 1
+                self._note_failure(exc)
+                _log.exception("flusher_cycle_crashed")
+                return False
+            finally:
+                self._stats.flushes += 1
+                self._stats.last_flush_duration = self._clock() - started
+                self._stats.last_flush_at = _dt.datetime.now(_dt.UTC)
+            self._stats.consecutive_failures = 0
+            await self._record_status()
+            return not self.has_pending()
+
+    async def drain(self, timeout: float) -> bool:
+        """Flush repeatedly (forcing open rows out) until everything is written or time is up."""
+        deadline = self._clock() + timeout
+        while True:
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                return False
+            try:
+                done = await asyncio.wait_for(self.flush_once(force=True), timeout=remaining)
+            except TimeoutError:
+                return False
+            if done and not len(self._buffer):
+                return True
+            if not done:
+                pause = min(self._backoff(), deadline - self._clock())
+                if pause > 0:
+                    await asyncio.sleep(pause)
+
+    def abandon(self) -> int:
+        """Close the buffer and count everything not yet written as dropped at close."""
+        leftover = self._buffer.close()
+        events = len(leftover) + len(self._unbuilt) + len(self._held)
+        for fresh in (self._fresh_inserts, self._fresh_ends):
+            events += sum(e.events for entries in fresh.values() for e in entries)
+        for queues in (self._inserts, self._ends):
+            events += sum(e.events for q in queues.values() for b in q for e in b.entries)
+        self._unbuilt.clear()
+        self._held.clear()
+        for state in (self._fresh_inserts, self._fresh_ends, self._inserts, self._ends):
+            state.clear()
+        if events:
+            self._buffer.settle(dropped_at_close=events)
+        return events
+
+    # --- building -----------------------------------------------------------------------------
+
+    async def _build(self, *, force: bool) -> None:
+        """Turn taken events into rows, coalescing starts with their ends."""
+        self._unbuilt.extend(self._buffer.take())
+        now = self._clock()
+        n = 0
+        while self._unbuilt:
+            n += 1
+            if n % _BUILD_CHUNK == 0:
+                await asyncio.sleep(0)  # building is CPU work on the host's loop: share it
+            event = self._unbuilt.popleft()
+            try:
+                table, row = build(event)
+            except Exception as exc:  # InvalidEvent, or a hostile value beat the sanitiser
+                self._buffer.settle(rejected_invalid=1)
+                reason = str(exc) if isinstance(exc, InvalidEvent) else repr(type(exc))
+                self._rejected_log.hit(reason=reason, kind=clean_text(event.kind, 32))
+                continue
+            self._place(event, table, row, now)
+        # Open rows past their grace (or all of them when forced) are written open now.
+        grace = self._settings.open_row_grace
+        for key in [k for k, h in self._held.items() if force or now - h.since >= grace]:
+            held = self._held.pop(key)
+            self._fresh_inserts.setdefault(held.table, []).append(_Entry(held.row, 1))
+        self._batch_up(self._inserts, self._fresh_inserts)
+        self._batch_up(self._ends, self._fresh_ends)
+
+    def _place(self, event: Event, table: str, row: Row, now: float) -> None:
+        kind = event.kind
+        inserts = self._fresh_inserts.setdefault(table, [])
+        if kind in _STARTS:
+            key = (table, row[_TRACE_ID], row[_SPAN_ID])
+            earlier = self._held.get(key)
+            if earlier is not None:  # the same span started twice: keep both facts
+                inserts.append(_Entry(earlier.row, 1))
+            self._held[key] = _Held(table, row, now)
+        elif kind in _ENDS:
+            start = self._held.pop((table, row[_TRACE_ID], row[_SPAN_ID]), None)
+            if start is not None:
+                inserts.append(_Entry(_complete(table, start.row, row), 2))
+            else:
+                self._fresh_ends.setdefault(table, []).append(_Entry(row, 1))
+        else:
+            inserts.append(_Entry(row, 1))
+
+    def _batch_up(self, queues: dict[str, list[_Batch]], fresh: dict[str, list[_Entry]]) -> None:
+        size = self._settings.max_batch_rows
+        for table, entries in fresh.items():
+            batches = queues.setdefault(table, [])
+            for i in range(0, len(entries), size):
+                batches.append(_Batch(entries[i : i + size]))
+        fresh.clear()
+
+    # --- writing ------------------------------------------------------------------------------
+
+    async def _write_pending(self) -> None:
+        if self._clock() >= self._next_maintenance:
+            await self._sink.maintain()
+            self._next_maintenance = self._clock() + self._settings.partition_check_interval
+        # Tables go in parallel; within a table, batches in order. New rows before ends, so
+        # an end never overtakes the open row it completes.
+        await self._gather(self._drain_queue(t, q, self._copy) for t, q in self._inserts.items())
+        await self._gather(self._drain_queue(t, q, self._upsert) for t, q in self._ends.items())
+        if len(self._rollup):
+            if len(self._metric_batches) >= _MAX_PENDING_METRIC_BATCHES:
+                self._metric_batches.pop(0)
+                _log.warning("metric_rollup_dropped", reason="too many unwritten roll-ups")
+            self._metric_batches.append((str(uuid.uuid4()), self._rollup.rows()))
+            self._rollup = Rollup()
+        while self._metric_batches:
+            batch_id, rows = self._metric_batches[0]
+            try:
+                await self._sink.upsert_metrics(batch_id, rows)
+            except DataSinkError as exc:
+                _log.error("metric_rollup_refused", error=str(exc), rows=len(rows))
+            self._metric_batches.pop(0)
+        if self._dead_letters:
+            letters = list(self._dead_letters)
+            await self._sink.write_dead_letters(letters)
+            del self._dead_letters[: len(letters)]
+
+    async def _gather(self, coros: Iterable[Awaitable[None]]) -> None:
+        results = await asyncio.gather(*coros, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _copy(self, table: str, rows: Sequence[Row], dedupe: bool) -> None:
+        await self._sink.copy_rows(table, rows, dedupe=dedupe)
+
+    async def _upsert(self, table: str, rows: Sequence[Row], dedupe: bool) -> None:
+        await self._sink.upsert_ends(table, rows)
+        self._stats.end_upserts += 1
+
+    async def _drain_queue(self, table: str, batches: list[_Batch], op: WriteOp) -> None:
+        while batches:
+            await self._write_isolating(table, batches[0], op)
+            batches.pop(0)
+
+    async def _write_isolating(self, table: str, batch: _Batch, op: WriteOp) -> None:
+        """Write ``batch``; on a data error split it until the refused rows stand alone."""
+        stack = [batch.entries]
+        while stack:
+            part = stack.pop()
+            rows = [e.row for e in part]
+            try:
+                # A lone row always goes the de-duplicating way: if it was written by an
+                # earlier ambiguous attempt, it must count as written, not as refused.
+                await op(table, rows, batch.ambiguous or len(part) == 1)
+            except DataSinkError as exc:
+                if len(part) == 1:
+                    self._dead_letter(table, part[0], exc)
+                else:
+                    half = len(part) // 2
+                    stack.append(part[half:])
+                    stack.append(part[:half])
+                continue
+            except BaseException:  # retriable, or cancelled mid-write: keep what is unwritten
+                batch.entries = part + [e for p in reversed(stack) for e in p]
+                batch.ambiguous = True
+                raise
+            self._written(table, part)
+
+    def _written(self, table: str, part: list[_Entry]) -> None:
+        events = sum(e.events for e in part)
+        self._buffer.settle(written={table: events})
+        self._stats.rows_written[table] = self._stats.rows_written.get(table, 0) + len(part)
+        self._status_sent += len(part)
+        self._rollup.add_rows(table, (e.row for e in part))
+
+    def _dead_letter(self, table: str, entry: _Entry, exc: SinkError) -> None:
+        limit = self._settings.dead_letter_max_chars
+        letter = DeadLetter(
+            table=table,
+            row_text=clean_text(repr(entry.row), limit) or "",
+            error=clean_text(str(exc), 1000) or type(exc).__name__,
+            sqlstate=exc.sqlstate,
+        )
+        if len(self._dead_letters) < _MAX_PENDING_DEAD_LETTERS:
+            self._dead_letters.append(letter)
+        self._buffer.settle(dead_lettered=entry.events)
+        self._status_failed += 1
+        _log.warning(
+            "batch_dead_lettered", table=table, sqlstate=exc.sqlstate, error=letter.error[:200]
+        )
+
+    # --- failure and status -------------------------------------------------------------------
+
+    def _backoff(self) -> float:
+        failures = max(self._stats.consecutive_failures, 1)
+        base = self._settings.retry_initial_backoff * 2.0 ** min(failures - 1, 30)
+        cap = min(base, self._settings.retry_max_backoff)
+        return cap * random.uniform(0.5, 1.0)  # jitter, so many writers do not retry in step
+
+    def _note_failure(self, exc: BaseException) -> None:
+        self._stats.consecutive_failures += 1
+        self._stats.retries += 1
+        self._stats.last_error = clean_text(str(exc) or type(exc).__name__, 1000)
+        self._retry_log.hit(
+            error=self._stats.last_error,
+            sqlstate=getattr(exc, "sqlstate", None),
+            failures=self._stats.consecutive_failures,
+        )
+
+    async def _record_status(self) -> None:
+        dropped_total = self._buffer.snapshot().dropped_overflow
+        status = SyncStatus(
+            provider=self._settings.provider_name,
+            flushed_at=self._stats.last_flush_at or _dt.datetime.now(_dt.UTC),
+            succeeded=True,
+            error=None,
+            rows_sent=self._status_sent,
+            rows_failed=self._status_failed,
+            rows_dropped=dropped_total - self._dropped_reported,
+        )
+        try:
+            await self._sink.record_sync_status(status)
+        except SinkError:
+            return  # status is best effort; the deltas go with the next one
+        self._status_sent -= status.rows_sent
+        self._status_failed -= status.rows_failed
+        self._dropped_reported = dropped_total
+
+    def describe(self) -> dict[str, Any]:
+        """A plain-dict view of :attr:`stats` for ``stats()``."""
+        s = self.stats
+        return {
+            "flushes": s.flushes,
+            "retries": s.retries,
+            "rows_written": dict(s.rows_written),
+            "end_upserts": s.end_upserts,
+            "last_flush_duration": s.last_flush_duration,
+            "last_flush_at": s.last_flush_at,
+            "last_error": s.last_error,
+            "consecutive_failures": s.consecutive_failures,
+            "internal_errors": s.internal_errors,
+            "held_open": s.held_open,
+        }
