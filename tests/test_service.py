@@ -1,0 +1,271 @@
+"""The service API against a real PostgreSQL: a realistic request flow, fan-out, thread mode."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import asyncpg
+import pytest
+import structlog
+
+import tracewriter._records as records_module
+from tracewriter import ObservabilityService, TraceContext, current_context
+from tracewriter._records import Event
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class Retriever(Exception):
+    """An application error raised inside a span."""
+
+
+class RecordingProvider:
+    """A second provider that keeps what it receives."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def record(self, event: Event) -> None:
+        self.events.append(event)
+
+
+class BrokenProvider:
+    """A provider that fails on every call."""
+
+    name = "broken"
+
+    def record(self, event: Event) -> None:
+        raise RuntimeError("provider down")
+
+
+def service(dsn: str, **kw: Any) -> ObservabilityService:
+    options: dict[str, Any] = dict(flush_interval=0.05, open_row_grace=5.0)
+    options.update(kw)
+    return ObservabilityService(dsn, **options)
+
+
+async def test_a_request_flow_reads_back_as_a_correct_tree(db_dsn: str, pool: asyncpg.Pool) -> None:
+    """trace -> retrieval -> nested rerank -> LLM call -> chat -> end reads back as the right tree
+    with positive, nested durations, and the failing span carries the error type and message."""
+    async with service(db_dsn) as svc:
+        ctx = svc.start_trace("chat.request", user_id="u-7", session_id="s-1", kb_id="kb-9")
+        svc.log_chat_message(ctx, role="user", content="What is RAG?", token_count=4)
+        async with svc.span(ctx, "retrieve", "retrieval", {"top_k": 5}) as retrieval_id:
+            assert current_context() is not None
+            assert current_context().span_id == retrieval_id  # type: ignore[union-attr]
+            await asyncio.sleep(0.02)
+            with svc.span(None, "rerank", "rerank") as rerank_id:
+                await asyncio.sleep(0.01)
+        with pytest.raises(Retriever) as raised, svc.span(ctx, "tool.lookup", "tool"):
+            raise Retriever("index offline")
+        assert str(raised.value) == "index offline"
+        llm_id = svc.log_llm_call(
+            ctx, model="gpt-4o", provider="openai", input_tokens=812, output_tokens=95,
+            cached_input_tokens=512, duration_ms=420.0,
+        )  # fmt: skip
+        svc.log_chat_message(ctx, role="assistant", content="RAG is " + "x" * 900, token_count=200)
+        svc.end_trace(ctx)
+        assert await svc.flush(timeout=30)
+        stats = svc.stats()
+    assert stats is not None and stats.balances() and stats.written == stats.enqueued
+
+    trace = await pool.fetchrow(
+        "SELECT * FROM observability.traces WHERE trace_id = $1", ctx.trace_id
+    )
+    assert trace["span_id"] == ctx.span_id and trace["status"] == "ok"
+    assert trace["user_id"] == "u-7" and trace["kb_id"] == "kb-9" and trace["duration_ms"] > 0
+    spans = {
+        r["span_id"]: r
+        for r in await pool.fetch(
+            "SELECT * FROM observability.spans WHERE trace_id = $1", ctx.trace_id
+        )
+    }
+    assert len(spans) == 4
+    assert spans[retrieval_id]["parent_span_id"] == ctx.span_id
+    assert spans[rerank_id]["parent_span_id"] == retrieval_id
+    assert spans[llm_id]["parent_span_id"] == ctx.span_id
+    assert json.loads(spans[retrieval_id]["metadata"]) == {"top_k": 5}
+    outer, inner = spans[retrieval_id], spans[rerank_id]
+    assert 0 < inner["duration_ms"] <= outer["duration_ms"] <= trace["duration_ms"]
+    assert inner["timestamp"] >= outer["timestamp"]
+    failed = next(r for r in spans.values() if r["name"] == "tool.lookup")
+    assert (failed["status"], failed["error_type"], failed["error_message"]) == (
+        "error",
+        "Retriever",
+        "index offline",
+    )
+    llm = spans[llm_id]
+    assert (llm["model"], llm["provider"], llm["input_tokens"], llm["output_tokens"]) == (
+        "gpt-4o",
+        "openai",
+        812,
+        95,
+    )
+    assert llm["cached_input_tokens"] == 512 and llm["span_type"] == "llm"
+    messages = await pool.fetch(
+        "SELECT role, content, content_preview, span_id FROM observability.chat_messages "
+        "WHERE trace_id = $1 ORDER BY timestamp",
+        ctx.trace_id,
+    )
+    assert [m["role"] for m in messages] == ["user", "assistant"]
+    assert len(messages[1]["content"]) == 907 and len(messages[1]["content_preview"]) == 500
+
+
+async def test_a_failing_provider_affects_neither_the_rows_nor_the_caller(
+    db_dsn: str, pool: asyncpg.Pool
+) -> None:
+    """A provider that raises on every call is logged and counted; PostgreSQL and the next
+    provider still get every event, and the caller sees no exception."""
+    recording = RecordingProvider()
+    svc = service(db_dsn, providers=[BrokenProvider(), recording])
+    await svc.start()
+    with structlog.testing.capture_logs() as logs:
+        ctx = svc.start_trace("t")
+        with svc.span(ctx, "s", "chain"):
+            pass
+        svc.log_llm_call(ctx, model="m")
+        svc.end_trace(ctx)
+    assert await svc.flush(timeout=30)
+    await svc.close()
+    assert svc.provider_failures["broken"] == 5
+    assert len(recording.events) == 5
+    assert any(e["event"] == "provider_failed" and e["provider"] == "broken" for e in logs)
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM observability.spans WHERE trace_id = $1", ctx.trace_id
+        )
+        == 2
+    )
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM observability.traces WHERE trace_id = $1", ctx.trace_id
+        )
+        == 1
+    )
+
+
+def test_a_synchronous_program_in_thread_mode_writes_the_same_rows(db_dsn: str) -> None:
+    """With no event loop at all, thread mode records a request and writes every row."""
+    with service(db_dsn, thread_mode=True) as svc:
+        ctx = svc.start_trace("sync.request", kb_id="kb-1")
+        with svc.span(ctx, "retrieve", "retrieval"):
+            svc.log_llm_call(None, model="small", input_tokens=3)
+        svc.log_document_event(ctx, document_id="doc-1", event_type="upload", duration_ms=3.0)
+        svc.log_chat_message(ctx, role="user", content="hi")
+        svc.end_trace(ctx)
+        assert svc.flush_sync(timeout=30)
+        stats = svc.stats()
+    assert stats is not None and stats.written == 7 and stats.balances()
+
+    async def read() -> tuple[int, ...]:
+        conn = await asyncpg.connect(db_dsn)
+        try:
+            return tuple(
+                [
+                    await conn.fetchval(
+                        f"SELECT count(*) FROM observability.{table} WHERE trace_id = $1",
+                        ctx.trace_id,
+                    )
+                    for table in ("traces", "spans", "document_events", "chat_messages")
+                ]
+            )
+        finally:
+            await conn.close()
+
+    assert asyncio.run(read()) == (1, 2, 1, 1)
+
+
+async def test_the_hot_path_neither_encodes_json_nor_touches_the_pool(
+    db_dsn: str, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recording calls never encode JSON or use a connection: both fail loudly if they do."""
+    svc = service(db_dsn, flush_interval=3600)
+    await svc.start()
+    calls: list[str] = []
+
+    def forbidden(name: str) -> Any:
+        def fail(*args: Any, **kwargs: Any) -> Any:
+            calls.append(name)
+            raise AssertionError(f"{name} called on the hot path")
+
+        return fail
+
+    with monkeypatch.context() as patch:
+        patch.setattr(records_module, "encode_metadata", forbidden("encode_metadata"))
+        patch.setattr(records_module.orjson, "dumps", forbidden("orjson.dumps"))
+        patch.setattr(json, "dumps", forbidden("json.dumps"))
+        patch.setattr(asyncpg.pool.Pool, "acquire", forbidden("Pool.acquire"))
+        patch.setattr(asyncpg.connection.Connection, "execute", forbidden("Connection.execute"))
+        ctx = svc.start_trace("t", metadata={"k": [1, 2, 3]})
+        with svc.span(ctx, "s", "chain", metadata={"nested": {"a": 1}}):
+            svc.log_llm_call(ctx, model="m", metadata={"x": 1})
+        svc.log_chat_message(ctx, role="user", content="hello", metadata={"y": 2})
+        svc.end_trace(ctx, metadata={"z": 3})
+    assert calls == []
+    assert await svc.flush(timeout=30)  # encoding happens now, off the hot path
+    await svc.close()
+    assert (
+        await pool.fetchval(
+            "SELECT metadata->>'z' FROM observability.traces WHERE trace_id = $1", ctx.trace_id
+        )
+        == "3"
+    )
+
+
+async def test_bad_arguments_never_raise_and_what_can_be_saved_is(
+    db_dsn: str, pool: asyncpg.Pool
+) -> None:
+    """Wrong types, hostile objects and a missing kb_id neither raise nor take other rows down."""
+
+    class Hostile:
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    cyclic: dict[str, Any] = {}
+    cyclic["self"] = cyclic
+    svc = service(db_dsn)
+    await svc.start()
+    with structlog.testing.capture_logs() as logs:
+        ctx = svc.start_trace(Hostile(), user_id=12345, metadata=cyclic)  # type: ignore[arg-type]
+        span_id = svc.log_llm_call(
+            ctx, model=Hostile(), input_tokens="many", output_tokens=2**70,  # type: ignore[arg-type]
+            duration_ms=float("nan"), metadata={1: object(), None: float("inf")},
+        )  # fmt: skip
+        svc.log_llm_call("not a context", model="m")  # type: ignore[arg-type]
+        svc.log_document_event(ctx, document_id="d", event_type="upload")  # no kb_id
+        svc.log_chat_message(ctx, role="user", content="a\x00b\ud800c")
+        svc.end_trace(ctx, duration_ms="slow")  # type: ignore[arg-type]
+    assert await svc.flush(timeout=30)
+    stats = svc.stats()
+    await svc.close()
+    assert stats is not None and stats.balances()
+    assert stats.rejected_invalid >= 1  # the document event without kb_id
+    assert any(e["event"] == "event_rejected" for e in logs)
+    row = await pool.fetchrow("SELECT * FROM observability.spans WHERE span_id = $1", span_id)
+    assert row["input_tokens"] is None and row["output_tokens"] == 2**31 - 1
+    assert row["model"] == "<unprintable Hostile>"
+    metadata = json.loads(row["metadata"])
+    assert metadata["1"].startswith("<object object") and metadata["null"] is None
+    content = await pool.fetchval(
+        "SELECT content FROM observability.chat_messages WHERE trace_id = $1", ctx.trace_id
+    )
+    assert content == "ab?c"
+    trace = await pool.fetchrow(
+        "SELECT * FROM observability.traces WHERE trace_id = $1", ctx.trace_id
+    )
+    assert trace["user_id"] == "12345" and json.loads(trace["metadata"]) == {
+        "self": {"self": "<cycle>"}
+    }
+
+
+def test_traceparent_contexts_continue_a_remote_trace() -> None:
+    """A context from a traceparent header keeps the trace and parents new spans under it."""
+    header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    ctx = TraceContext.from_traceparent(header, user_id="u")
+    assert ctx is not None and ctx.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert ctx.parent_span_id == "00f067aa0ba902b7" and ctx.user_id == "u"
+    assert TraceContext.from_traceparent("garbage") is None

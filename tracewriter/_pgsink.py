@@ -1,0 +1,229 @@
+"""The PostgreSQL sink: an asyncpg pool, binary COPY for new rows, prepared statements for the rest.
+
+Owns the connection pool and the translation of asyncpg's errors into the two the flusher acts
+on. It knows the SQL (through ``_sql``) and nothing of the API or the buffer.
+
+COPY feeds asyncpg an async iterable that yields to the event loop every ``copy_yield_rows``
+rows: asyncpg encodes a plain list in one go without yielding (about 5 µs a row, so a
+10,000-row COPY would stall the host's loop ~50 ms).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import asyncpg
+
+from tracewriter import _schema as schema
+from tracewriter._config import WriterConfig, redact_dsn, redact_text
+from tracewriter._logging import get_logger
+from tracewriter._sink import DataSinkError, DeadLetter, RetriableSinkError, SinkError, SyncStatus
+from tracewriter._sql import Statements
+from tracewriter.errors import ConfigurationError
+
+__all__ = ["PostgresSink", "classify_error"]
+
+_log = get_logger("pgsink")
+
+Row = tuple[Any, ...]
+
+# SQLSTATE classes that mean "this data is refused": 22 data exception, 23 integrity violation.
+_DATA_CLASSES = frozenset({"22", "23"})
+# Single states that also mean the data itself is at fault.
+_DATA_STATES = frozenset({"42804", "54000", "54001"})  # datatype mismatch, program limits
+
+# Metric batch claims older than this are pruned; a retry never comes that late.
+_BATCH_CLAIM_RETENTION = _dt.timedelta(days=1)
+
+
+def classify_error(exc: BaseException, dsn: str | None = None) -> SinkError:
+    """Map an exception from asyncpg or the network to a retriable or a data sink error."""
+    message = redact_text(f"{type(exc).__name__}: {exc}", dsn)
+    if isinstance(exc, asyncpg.PostgresError):
+        state = getattr(exc, "sqlstate", None) or ""
+        if state[:2] in _DATA_CLASSES or state in _DATA_STATES:
+            return DataSinkError(message, sqlstate=state)
+        # 08 connection, 53 resources, 57 operator (admin shutdown, statement timeout),
+        # 40 deadlock/serialisation, 25006 read-only, 42501 permissions, 55P03 lock timeout
+        # and anything unknown: the rows are fine, the server is not (yet) — keep them.
+        return RetriableSinkError(message, sqlstate=state or None)
+    if isinstance(exc, UnicodeError | TypeError | ValueError | OverflowError):
+        # The client could not encode a value; the server never saw the row.
+        return DataSinkError(message)
+    return RetriableSinkError(message)
+
+
+async def _yielding(rows: Sequence[Row], every: int) -> AsyncIterator[Row]:
+    for i, row in enumerate(rows, 1):
+        yield row
+        if i % every == 0:
+            await asyncio.sleep(0)
+
+
+class PostgresSink:
+    """Writes to the observability schema of one database through an asyncpg pool."""
+
+    def __init__(self, config: WriterConfig) -> None:
+        if not config.dsn:
+            raise ConfigurationError("dsn: a PostgreSQL DSN is required (or TRACEWRITER_DSN)")
+        self._config = config
+        self._sql = Statements.for_schema(config.schema)
+        self._pool: asyncpg.Pool | None = None
+
+    def __repr__(self) -> str:
+        return f"PostgresSink(dsn={redact_dsn(self._config.dsn)!r}, schema={self._sql.schema!r})"
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create the pool and check the schema is migrated; raise ConfigurationError if not."""
+        cfg = self._config
+        dsn = cfg.dsn
+        try:
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=1,
+                max_size=cfg.pool_size,
+                timeout=cfg.connect_timeout,
+                command_timeout=cfg.command_timeout,
+                # PgBouncer in transaction mode cannot keep named prepared statements.
+                statement_cache_size=0 if cfg.pgbouncer else 100,
+                server_settings={"application_name": "tracewriter"},
+            )
+        except Exception as exc:
+            raise ConfigurationError(
+                f"cannot connect to {redact_dsn(dsn)}: {redact_text(str(exc), dsn)}"
+            ) from None
+        try:
+            ok = await pool.fetchval(self._sql.check_schema, self._sql.schema)
+        except Exception as exc:
+            await pool.close()
+            raise ConfigurationError(
+                f"cannot read the schema at {redact_dsn(dsn)}: {redact_text(str(exc), dsn)}"
+            ) from None
+        if not ok:
+            await pool.close()
+            raise ConfigurationError(
+                f"schema {self._sql.schema!r} is not migrated in {redact_dsn(dsn)}: "
+                "run `tracewriter migrate`"
+            )
+        self._pool = pool
+
+    async def close(self, timeout: float) -> None:
+        """Close the pool, terminating connections that do not finish within ``timeout``."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            await asyncio.wait_for(pool.close(), timeout=max(timeout, 0.01))
+        except (TimeoutError, Exception):
+            pool.terminate()
+
+    def forget(self) -> asyncpg.Pool | None:
+        """Drop the pool without touching its connections and return it.
+
+        A forked child must not use the parent's connections, and a pool whose loop has ended
+        cannot be closed; the caller keeps the returned pool referenced.
+        """
+        pool, self._pool = self._pool, None
+        return pool
+
+    # --- writes -------------------------------------------------------------------------------
+
+    def _acquire(self) -> Any:
+        if self._pool is None:
+            raise RetriableSinkError("the sink is not open")
+        return self._pool.acquire(timeout=self._config.connect_timeout)
+
+    async def _guarded(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except SinkError:
+            raise
+        except Exception as exc:
+            raise classify_error(exc, self._config.dsn) from exc
+
+    async def copy_rows(self, table: str, rows: Sequence[Row], *, dedupe: bool) -> None:
+        await self._guarded(self._copy_rows(table, rows, dedupe))
+
+    async def _copy_rows(self, table: str, rows: Sequence[Row], dedupe: bool) -> None:
+        columns = schema.COLUMNS[table]
+        every = self._config.copy_yield_rows
+        timeout = self._config.command_timeout
+        async with self._acquire() as conn:
+            if not dedupe:
+                # One short autocommit transaction per COPY: on TimescaleDB the transaction
+                # that creates a new chunk blocks other writers until it commits.
+                await conn.copy_records_to_table(
+                    table,
+                    schema_name=self._sql.schema,
+                    columns=columns,
+                    records=_yielding(rows, every),
+                    timeout=timeout,
+                )
+                return
+            # The previous attempt may have committed: stage, then insert what is missing.
+            async with conn.transaction():
+                await conn.execute(self._sql.stage_create[table])
+                await conn.copy_records_to_table(
+                    f"tw_stage_{table}",
+                    columns=columns,
+                    records=_yielding(rows, every),
+                    timeout=timeout,
+                )
+                await conn.execute(self._sql.stage_insert[table], timeout=timeout)
+
+    async def upsert_ends(self, table: str, rows: Sequence[Row]) -> None:
+        columns = list(zip(*rows, strict=True)) if rows else []
+        await self._guarded(self._execute(self._sql.end_upsert[table], *map(list, columns)))
+
+    async def upsert_metrics(self, batch_id: str, rows: Sequence[Row]) -> None:
+        if not rows:
+            return
+        # A stable order: concurrent writers upserting the same cells lock them in one order.
+        ordered = sorted(rows, key=lambda r: (r[1], r[2], r[3], r[4], r[5], r[6]))
+        columns = [list(c) for c in zip(*ordered, strict=True)]
+        columns[-1] = ["{" + ",".join(map(str, h)) + "}" for h in columns[-1]]
+        await self._guarded(self._execute(self._sql.metrics_upsert, batch_id, *columns))
+
+    async def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        if not letters:
+            return
+        await self._guarded(
+            self._execute(
+                self._sql.dead_letters_insert,
+                [d.table for d in letters],
+                [d.row_text for d in letters],
+                [d.error for d in letters],
+                [d.sqlstate for d in letters],
+            )
+        )
+
+    async def record_sync_status(self, status: SyncStatus) -> None:
+        await self._guarded(
+            self._execute(
+                self._sql.sync_status_upsert,
+                status.provider,
+                status.flushed_at,
+                status.rows_sent,
+                status.rows_failed,
+                status.rows_dropped,
+            )
+        )
+
+    async def maintain(self) -> None:
+        async def run() -> None:
+            async with self._acquire() as conn:
+                created = await conn.fetchval(self._sql.ensure_partitions)
+                await conn.execute(self._sql.prune_batches, _BATCH_CLAIM_RETENTION)
+            if created:
+                _log.info("partitions_created", count=created)
+
+        await self._guarded(run())
+
+    async def _execute(self, sql: str, *args: Any) -> None:
+        async with self._acquire() as conn:
+            await conn.execute(sql, *args, timeout=self._config.command_timeout)

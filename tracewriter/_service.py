@@ -1,0 +1,499 @@
+"""The API an application calls: ``ObservabilityService`` and its ``span()`` scope.
+
+Owns the recording calls (``start_trace``, ``end_trace``, ``span``, ``log_*``), configuration
+and the lifecycle of the providers it fans out to. Every recording call is plain (not async),
+builds one :class:`~tracewriter._records.Event` and hands it to each provider, each call guarded:
+nothing here raises into the application, and nothing waits on I/O. Exceptions raised by the
+application's own code inside ``span()`` propagate unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import threading
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from time import monotonic, time_ns
+from types import TracebackType
+from typing import Any, Final
+
+from tracewriter._config import WriterConfig, redact_dsn, redact_text
+from tracewriter._context import TraceContext, current_context, reset_context, use_context
+from tracewriter._ids import new_span_id
+from tracewriter._logging import RateLimitedLog, get_logger
+from tracewriter._provider import PostgresProvider, Provider, WriterStats
+from tracewriter._records import Event, EventKind
+from tracewriter.errors import ConfigurationError
+
+__all__ = ["ObservabilityService", "get_instance", "reset_instance"]
+
+_log = get_logger("service")
+_EPOCH: Final = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
+_MICROSECOND: Final = _dt.timedelta(microseconds=1)
+
+_TRACE_START: Final = EventKind.TRACE_START
+_TRACE_END: Final = EventKind.TRACE_END
+_SPAN_START: Final = EventKind.SPAN_START
+_SPAN_END: Final = EventKind.SPAN_END
+_SPAN: Final = EventKind.SPAN
+_CHAT: Final = EventKind.CHAT
+_DOCUMENT: Final = EventKind.DOCUMENT
+
+
+def _snapshot(metadata: Any) -> Any:
+    # A shallow copy, so the caller mutating its dict after the call does not change the event.
+    return dict(metadata) if type(metadata) is dict else metadata
+
+
+def _ns_of(timestamp: _dt.datetime | None) -> int:
+    if timestamp is None:
+        return time_ns()
+    if timestamp.tzinfo is None:
+        timestamp = timestamp.replace(tzinfo=_dt.UTC)
+    return ((timestamp - _EPOCH) // _MICROSECOND) * 1000
+
+
+def _datetime_of(ns: int) -> _dt.datetime:
+    return _EPOCH + _dt.timedelta(microseconds=ns // 1000)
+
+
+class _SpanScope:
+    """What ``span()`` returns: a ``with`` / ``async with`` scope that yields the span id."""
+
+    __slots__ = (
+        "_child",
+        "_meta",
+        "_mono",
+        "_name",
+        "_parent",
+        "_start_ns",
+        "_svc",
+        "_token",
+        "_type",
+    )
+
+    def __init__(
+        self,
+        svc: ObservabilityService,
+        parent: TraceContext | None,
+        name: str,
+        span_type: str | None,
+        metadata: Any,
+    ) -> None:
+        self._svc = svc
+        self._parent = parent
+        self._name = name
+        self._type = span_type
+        self._meta = metadata
+        self._child: TraceContext | None = None
+        self._token: Any = None
+        self._start_ns = 0
+        self._mono = 0.0
+
+    def __enter__(self) -> str:
+        try:
+            parent = self._parent or current_context() or TraceContext.new_root()
+            self._start_ns = time_ns()
+            self._mono = monotonic()
+            child = TraceContext(
+                trace_id=parent.trace_id,
+                span_id=new_span_id(),
+                parent_span_id=parent.span_id,
+                user_id=parent.user_id,
+                session_id=parent.session_id,
+                kb_id=parent.kb_id,
+                timestamp=_datetime_of(self._start_ns),
+                start_monotonic=self._mono,
+            )
+            self._child = child
+            self._svc._emit(
+                Event(
+                    _SPAN_START, self._start_ns, None, child.trace_id, child.span_id,
+                    child.parent_span_id, self._name, self._type, None, None, None, None,
+                    child.user_id, child.session_id, child.kb_id, _snapshot(self._meta), None,
+                )
+            )  # fmt: skip
+            self._token = use_context(child)
+            return child.span_id
+        except Exception as exc:
+            self._svc._internal_error("span_enter", exc)
+            return self._child.span_id if self._child is not None else new_span_id()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            child = self._child
+            if child is not None:
+                duration = (monotonic() - self._mono) * 1000.0
+                failed = exc_type is not None
+                self._svc._emit(
+                    Event(
+                        _SPAN_END, self._start_ns, time_ns(), child.trace_id, child.span_id,
+                        child.parent_span_id, self._name, self._type,
+                        "error" if failed else "ok", duration,
+                        exc_type.__qualname__ if exc_type is not None else None,
+                        str(exc) if failed else None,
+                        child.user_id, child.session_id, child.kb_id, None, None,
+                    )
+                )  # fmt: skip
+        except Exception as err:  # str(exc) of a hostile exception, say
+            self._svc._internal_error("span_exit", err)
+        finally:
+            if self._token is not None:
+                # Exited in another context than entered (ValueError): leave that one be.
+                with contextlib.suppress(ValueError):
+                    reset_context(self._token)
+                self._token = None
+        # Returning None lets the application's exception propagate unchanged.
+
+    async def __aenter__(self) -> str:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+
+class ObservabilityService:
+    """Records traces, spans, LLM calls, chat messages and document events.
+
+    With a DSN (argument or ``TRACEWRITER_DSN``) it creates a :class:`PostgresProvider` first;
+    ``providers`` are called after it, in order. ``writer_options`` are the fields of
+    :class:`~tracewriter._config.WriterConfig` (``flush_interval``, ``max_batch_rows``,
+    ``max_buffer_rows``, ``pool_size``, ``open_row_grace``, ``thread_mode``, …); each falls back
+    to its ``TRACEWRITER_*`` environment variable. Invalid configuration raises
+    :class:`~tracewriter.errors.ConfigurationError` here, naming the setting.
+
+    Use ``await start()`` / ``await close()`` or ``async with``; in ``thread_mode`` also
+    ``start_sync()`` / ``close_sync()`` or plain ``with``, from code with no event loop.
+    """
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        providers: Iterable[Provider] = (),
+        config: WriterConfig | None = None,
+        **writer_options: Any,
+    ) -> None:
+        if config is not None and (dsn is not None or writer_options):
+            raise ConfigurationError("config: pass either config= or dsn/writer options, not both")
+        self.config = (
+            config if config is not None else WriterConfig.from_env(dsn=dsn, **writer_options)
+        )
+        self.config.validate()
+        self.postgres: PostgresProvider | None = (
+            PostgresProvider(self.config) if self.config.dsn else None
+        )
+        chain: list[Provider] = [self.postgres] if self.postgres is not None else []
+        for provider in providers:
+            if not callable(getattr(provider, "record", None)):
+                raise ConfigurationError(f"providers: {provider!r} has no record(event) method")
+            chain.append(provider)
+        self._providers: tuple[Provider, ...] = tuple(chain)
+        self.provider_failures: Counter[str] = Counter()
+        self._failure_logs: dict[str, RateLimitedLog] = {}
+        self.internal_errors = 0
+        self.rejected = 0
+        self._rejected_log = RateLimitedLog(_log, "event_rejected")
+        self._internal_log = RateLimitedLog(_log, "recording_failed", level="error")
+
+    def __repr__(self) -> str:
+        names = [getattr(p, "name", type(p).__name__) for p in self._providers]
+        return f"ObservabilityService(dsn={redact_dsn(self.config.dsn)!r}, providers={names})"
+
+    # --- fan-out ------------------------------------------------------------------------------
+
+    def _emit(self, event: Event) -> None:
+        for provider in self._providers:
+            try:
+                provider.record(event)
+            except Exception as exc:
+                self._provider_failed(provider, exc)
+
+    def _provider_failed(self, provider: Provider, exc: BaseException) -> None:
+        name = str(getattr(provider, "name", type(provider).__name__))
+        self.provider_failures[name] += 1
+        log = self._failure_logs.get(name)
+        if log is None:
+            log = self._failure_logs[name] = RateLimitedLog(_log, "provider_failed")
+        log.hit(
+            provider=name,
+            error=redact_text(f"{type(exc).__name__}: {exc}"[:300], self.config.dsn),
+            failures=self.provider_failures[name],
+        )
+
+    def _internal_error(self, where: str, exc: BaseException) -> None:
+        self.internal_errors += 1
+        self._internal_log.hit(where=where, error=repr(type(exc)))
+
+    def _reject(self, reason: str, **context: Any) -> None:
+        self.rejected += 1
+        for provider in self._providers:
+            reject = getattr(provider, "reject", None)
+            if reject is not None:
+                try:
+                    reject()
+                except Exception as exc:
+                    self._provider_failed(provider, exc)
+        self._rejected_log.hit(reason=reason, **context)
+
+    # --- recording: plain methods, never raise, never wait ----------------------------------
+
+    def start_trace(
+        self,
+        name: str,
+        *,
+        user_id: str | None = None,
+        session_id: str | None = None,
+        kb_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> TraceContext:
+        """Start a trace; returns its root context (pass it to spans and ``end_trace``)."""
+        try:
+            ctx = TraceContext.new_root(user_id=user_id, session_id=session_id, kb_id=kb_id)
+            self._emit(
+                Event(
+                    _TRACE_START, _ns_of(ctx.timestamp), None, ctx.trace_id, ctx.span_id, None,
+                    name, None, None, None, None, None, user_id, session_id, kb_id,
+                    _snapshot(metadata), None,
+                )
+            )  # fmt: skip
+            return ctx
+        except Exception as exc:
+            self._internal_error("start_trace", exc)
+            return TraceContext.new_root()
+
+    def end_trace(
+        self,
+        ctx: TraceContext,
+        *,
+        status: str = "ok",
+        error_message: str | None = None,
+        duration_ms: float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """End the trace ``ctx`` started; the duration comes from a monotonic clock if not given."""
+        try:
+            if duration_ms is None and ctx.start_monotonic is not None:
+                duration_ms = (monotonic() - ctx.start_monotonic) * 1000.0
+            self._emit(
+                Event(
+                    _TRACE_END, _ns_of(ctx.timestamp), time_ns(), ctx.trace_id, ctx.span_id,
+                    None, None, None, status, duration_ms, None, error_message,
+                    ctx.user_id, ctx.session_id, ctx.kb_id, _snapshot(metadata), None,
+                )
+            )  # fmt: skip
+        except Exception as exc:
+            self._internal_error("end_trace", exc)
+
+    def span(
+        self,
+        ctx: TraceContext | None,
+        name: str,
+        span_type: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> _SpanScope:
+        """A child span of ``ctx`` (or of the current context) for a ``with``/``async with`` block.
+
+        The block sees the child as the current context; its duration is measured with
+        ``time.monotonic()``; if it raises, the span is recorded with status ``error`` and the
+        exception's type and message, and the exception propagates unchanged.
+        """
+        return _SpanScope(self, ctx, name, span_type, metadata)
+
+    def log_llm_call(
+        self,
+        ctx: TraceContext | None,
+        *,
+        model: str,
+        provider: str | None = None,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        cached_input_tokens: int | None = None,
+        reasoning_tokens: int | None = None,
+        duration_ms: float | None = None,
+        status: str = "ok",
+        error_message: str | None = None,
+        name: str = "llm.call",
+        metadata: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Record a finished LLM call as a complete span; returns its span id, always."""
+        span_id = new_span_id()
+        try:
+            parent = ctx or current_context() or TraceContext.new_root()
+            end_ns = time_ns()
+            start_ns = end_ns
+            # The row's timestamp is the call's start; 0 < d < 1e12 is also false for NaN.
+            if type(duration_ms) in (float, int) and 0 < duration_ms < 1e12:  # type: ignore[operator]
+                start_ns = end_ns - int(duration_ms * 1_000_000)  # type: ignore[operator]
+            self._emit(
+                Event(
+                    _SPAN, start_ns, end_ns, parent.trace_id, span_id, parent.span_id, name,
+                    "llm", status, duration_ms, None, error_message, parent.user_id,
+                    parent.session_id, parent.kb_id, _snapshot(metadata),
+                    (model, provider, input_tokens, output_tokens, cached_input_tokens,
+                     reasoning_tokens),
+                )
+            )  # fmt: skip
+        except Exception as exc:
+            self._internal_error("log_llm_call", exc)
+        return span_id
+
+    def log_chat_message(
+        self,
+        ctx: TraceContext | None,
+        *,
+        role: str,
+        content: str,
+        token_count: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record one chat message (full content, and a 500-character preview)."""
+        try:
+            c = ctx or current_context()
+            self._emit(
+                Event(
+                    _CHAT, time_ns(), None, c.trace_id if c else "", c.span_id if c else None,
+                    None, None, None, None, None, None, None,
+                    c.user_id if c else None, c.session_id if c else None,
+                    c.kb_id if c else None, _snapshot(metadata), (role, content, token_count),
+                )
+            )  # fmt: skip
+        except Exception as exc:
+            self._internal_error("log_chat_message", exc)
+
+    def log_document_event(
+        self,
+        ctx: TraceContext | None,
+        *,
+        document_id: str,
+        event_type: str,
+        status: str = "ok",
+        duration_ms: float | None = None,
+        chunk_count: int | None = None,
+        error_message: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record a document-ingestion event; the context must carry a ``kb_id``.
+
+        Without one the event is refused: a warning is logged, the rejection counted, and
+        nothing is written.
+        """
+        try:
+            c = ctx or current_context()
+            kb_id = c.kb_id if c is not None else None
+            if not kb_id:
+                self._reject("document event without kb_id", event_type=str(event_type)[:64])
+                return
+            end_ns = time_ns()
+            self._emit(
+                Event(
+                    _DOCUMENT, end_ns, end_ns, c.trace_id if c else "", None, None, None, None,
+                    status, duration_ms, None, error_message, c.user_id if c else None,
+                    c.session_id if c else None, kb_id, _snapshot(metadata),
+                    (document_id, event_type, chunk_count),
+                )
+            )  # fmt: skip
+        except Exception as exc:
+            self._internal_error("log_document_event", exc)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start every provider; a configuration problem (DSN, password, schema) raises here."""
+        for provider in self._providers:
+            start = getattr(provider, "start", None)
+            if start is not None:
+                await start()
+
+    def start_sync(self) -> None:
+        """Start from code with no event loop (requires ``thread_mode`` for PostgreSQL)."""
+        if self.postgres is not None:
+            if not self.config.thread_mode:
+                raise ConfigurationError("thread_mode: start_sync() needs thread_mode=True")
+            self.postgres.start_sync()
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Write everything recorded so far; True if every provider finished in time."""
+        ok = True
+        for provider in self._providers:
+            flush = getattr(provider, "flush", None)
+            if flush is not None:
+                try:
+                    ok = bool(await flush(timeout)) and ok
+                except Exception as exc:
+                    self._provider_failed(provider, exc)
+                    ok = False
+        return ok
+
+    def flush_sync(self, timeout: float | None = None) -> bool:
+        """:meth:`flush` from code with no event loop (thread mode)."""
+        return self.postgres.flush_sync(timeout) if self.postgres is not None else True
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Flush within ``timeout`` and close every provider; never raises for a provider."""
+        for provider in self._providers:
+            close = getattr(provider, "close", None)
+            if close is not None:
+                try:
+                    await close(timeout)
+                except Exception as exc:
+                    self._provider_failed(provider, exc)
+
+    def close_sync(self, timeout: float | None = None) -> None:
+        """:meth:`close` from code with no event loop (thread mode)."""
+        if self.postgres is not None:
+            self.postgres.close_sync(timeout)
+
+    def stats(self) -> WriterStats | None:
+        """The PostgreSQL writer's counters (None without a DSN)."""
+        return self.postgres.stats() if self.postgres is not None else None
+
+    async def __aenter__(self) -> ObservabilityService:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __enter__(self) -> ObservabilityService:
+        self.start_sync()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close_sync()
+
+
+_instance: ObservabilityService | None = None
+_instance_lock = threading.Lock()
+
+
+def get_instance(**options: Any) -> ObservabilityService:
+    """A process-wide service built from ``TRACEWRITER_*`` settings (and ``options``) on first use.
+
+    The caller still starts and closes it. Explicit construction is preferred; this is a
+    convenience for code that cannot pass a service around.
+    """
+    global _instance
+    with _instance_lock:
+        if _instance is None:
+            _instance = ObservabilityService(**options)
+        return _instance
+
+
+def reset_instance() -> ObservabilityService | None:
+    """Forget the process-wide service and return it (the caller closes it)."""
+    global _instance
+    with _instance_lock:
+        previous, _instance = _instance, None
+    return previous
