@@ -2,8 +2,8 @@
 
 Owns the metric names, their dimensions and the fixed log-scale histogram (40 buckets: bucket 0
 below 1, bucket i in [√2^(i-1), √2^i), the last open-ended) that
-``observability.histogram_quantile`` reads percentiles back from. It does no I/O: the flusher feeds it written rows and hands the
-result to the sink's additive upsert.
+``observability.histogram_quantile`` reads percentiles back from. It does no I/O: the flusher
+feeds it written rows and hands the result to the sink's additive upsert.
 """
 
 from __future__ import annotations

