@@ -25,6 +25,7 @@ __all__ = [
     "current_context",
     "is_valid_span_id",
     "is_valid_trace_id",
+    "make_context",
     "reset_context",
     "tracewriter_current_context",
     "use_context",
@@ -187,6 +188,30 @@ class TraceContext:
     _set_start_monotonic,
 ) = (getattr(TraceContext, f.name).__set__ for f in fields(TraceContext))
 _new_object = object.__new__
+
+
+def make_context(  # noqa: PLR0917 - positional on purpose: it is on the span hot path
+    trace_id: str,
+    span_id: str,
+    parent_span_id: str | None,
+    user_id: str | None,
+    session_id: str | None,
+    kb_id: str | None,
+    timestamp: datetime | None,
+    start_monotonic: float | None,
+) -> TraceContext:
+    """Build a `TraceContext` from its fields, positionally and without ``__init__``'s cost."""
+    return _build(
+        TraceContext,
+        trace_id,
+        span_id,
+        parent_span_id,
+        user_id,
+        session_id,
+        kb_id,
+        timestamp,
+        start_monotonic,
+    )
 
 
 def _build(  # noqa: PLR0917 - positional on purpose: it is on the span hot path
