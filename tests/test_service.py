@@ -269,3 +269,54 @@ def test_traceparent_contexts_continue_a_remote_trace() -> None:
     assert ctx is not None and ctx.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
     assert ctx.parent_span_id == "00f067aa0ba902b7" and ctx.user_id == "u"
     assert TraceContext.from_traceparent("garbage") is None
+
+
+def test_configuration_comes_from_the_environment_and_never_shows_the_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """TRACEWRITER_* variables configure the service, keywords win, no repr shows the password."""
+    from tracewriter import ConfigurationError
+
+    monkeypatch.setenv("TRACEWRITER_DSN", "postgresql://app:s3cret-pw@db.example/telemetry")
+    monkeypatch.setenv("TRACEWRITER_FLUSH_INTERVAL", "0.25")
+    monkeypatch.setenv("TRACEWRITER_MAX_BUFFER_ROWS", "20000")
+    svc = ObservabilityService(max_buffer_rows=30_000)
+    assert svc.config.flush_interval == 0.25 and svc.config.max_buffer_rows == 30_000
+    for text in (repr(svc), repr(svc.config), repr(svc.postgres), str(svc.config)):
+        assert "s3cret-pw" not in text
+    monkeypatch.setenv("TRACEWRITER_FLUSH_INTERVAL", "soon")
+    with pytest.raises(ConfigurationError) as raised:
+        ObservabilityService()
+    assert "TRACEWRITER_FLUSH_INTERVAL" in str(raised.value) and "s3cret-pw" not in str(
+        raised.value
+    )
+    monkeypatch.delenv("TRACEWRITER_FLUSH_INTERVAL")
+    with pytest.raises(ConfigurationError, match="max_batch_rows"):
+        ObservabilityService("postgresql://x@h/db", max_batch_rows=0)
+
+
+async def test_start_fails_loudly_on_a_database_without_the_schema(server_dsn: str) -> None:
+    """start() against a database that was never migrated raises ConfigurationError naming it."""
+    from tracewriter import ConfigurationError
+
+    svc = ObservabilityService(server_dsn)
+    with pytest.raises(ConfigurationError, match="not migrated"):
+        await svc.start()
+    await svc.close()
+    assert svc.stats() is not None and not svc.stats().running  # type: ignore[union-attr]
+
+
+def test_get_instance_is_one_process_wide_service_until_reset(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """get_instance() builds one service from the environment; reset_instance() forgets it."""
+    from tracewriter import get_instance, reset_instance
+
+    monkeypatch.setenv("TRACEWRITER_DSN", "postgresql://app@db.example/telemetry")
+    reset_instance()
+    first = get_instance()
+    assert get_instance() is first
+    assert reset_instance() is first
+    second = get_instance()
+    assert second is not first
+    reset_instance()
