@@ -144,11 +144,15 @@ def test_row_id_for_span_is_deterministic() -> None:
 
 
 def test_row_id_for_span_embeds_span_and_trace_bits() -> None:
-    """The 74 bits are the span id's 64 bits followed by the trace id's low 10 bits."""
-    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    """The 74 bits are the span id's 64 bits and the trace id's low 10 bits, around the
+    version and variant digits."""
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"  # low 10 bits: 0b11_0011_0110 (…736)
     span_id = "00f067aa0ba902b7"
-    expected = uuid7_hex(MS_2026, int(span_id, 16) << 10 | int(trace_id, 16) & 0x3FF)
-    assert row_id_for_span(MS_2026, trace_id, span_id) == expected
+    row_id = row_id_for_span(MS_2026, trace_id, span_id)
+    assert row_id == f"{MS_2026:012x}7" + "00f" + "b" + "067aa0ba902b7" + "36"
+    parsed = uuid.UUID(row_id)
+    assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+    assert parsed.int >> 80 == MS_2026
 
 
 def test_row_id_for_span_distinct_for_different_spans() -> None:

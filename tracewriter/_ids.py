@@ -15,6 +15,7 @@ formats faster than ``%x``); ``uuid7_hex`` 0.84 µs.
 
 from __future__ import annotations
 
+import re
 from hashlib import blake2b
 from random import getrandbits
 
@@ -23,9 +24,12 @@ __all__ = [
     "new_trace_id",
     "random_uuid7_hex",
     "row_id_for_span",
+    "row_id_for_valid_span",
     "uuid7_hex",
 ]
 
+_match_hex16 = re.compile(r"[0-9a-f]{16}").fullmatch
+_match_hex3 = re.compile(r"[0-9a-f]{3}").fullmatch
 _MASK_48 = (1 << 48) - 1
 _MASK_62 = (1 << 62) - 1
 # Version 7 in bits 76-79 and variant 0b10 in bits 62-63 of the 128-bit value (RFC 9562 §5.7).
@@ -68,14 +72,40 @@ def random_uuid7_hex(unix_ms: int) -> str:
     return uuid7_hex(unix_ms, getrandbits(74))
 
 
+# The hex digit that carries the UUID variant (0b10) and two bits of a trace id's hex digit.
+_VARIANT_DIGIT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+
+
+def row_id_for_valid_span(unix_ms: int, trace_id: str, span_id: str) -> str:
+    """:func:`row_id_for_span` for ids already known to be lowercase hex of the right length.
+
+    Built by concatenating hex digits rather than by integer arithmetic: it runs for every span
+    and trace row the writer builds, and costs about half as much. The 74 bits are arranged
+    as: rand_a = the span id's first 3 digits; the variant digit carries trace bits 9-8; rand_b
+    = the span id's last 13 digits, then the trace id's last 2 digits.
+    """
+    return (
+        f"{unix_ms & _MASK_48:012x}7{span_id[:3]}"
+        f"{_VARIANT_DIGIT[trace_id[-3]]}{span_id[3:]}{trace_id[-2:]}"
+    )
+
+
 def row_id_for_span(unix_ms: int, trace_id: str, span_id: str) -> str:
     """Return the deterministic UUIDv7 row id of a span that started at ``unix_ms``.
 
-    The 74 "random" bits are the 64 bits of ``span_id`` followed by the low 10 bits of
-    ``trace_id``, so a span's start row and its later end compute the same row id without shared
-    state. Ids that are not hex (the service validates before calling, so this is a safety net)
+    The 74 "random" bits are the 64 bits of ``span_id`` and the low 10 bits of ``trace_id``
+    (arranged as :func:`row_id_for_valid_span` says; 32 hex digits without hyphens), so a
+    span's start row and its later end compute the same row id without shared state. Ids that
+    are not hex (the service validates before calling, so this is a safety net)
     still get a deterministic id, from a hash of both strings; this function never raises.
     """
+    if (
+        type(span_id) is str
+        and type(trace_id) is str
+        and _match_hex16(span_id)
+        and _match_hex3(trace_id[-3:])
+    ):
+        return row_id_for_valid_span(unix_ms, trace_id, span_id)
     try:
         bits = int(span_id, 16) << 10 | int(trace_id[-3:], 16) & 0x3FF
     except (TypeError, ValueError):

@@ -14,6 +14,7 @@ import datetime as _dt
 import enum
 import json
 import math
+import re
 import uuid
 from collections.abc import Mapping
 from typing import Any, Final, NamedTuple
@@ -21,7 +22,7 @@ from typing import Any, Final, NamedTuple
 import orjson
 
 from tracewriter import _schema as schema
-from tracewriter._ids import random_uuid7_hex, row_id_for_span
+from tracewriter._ids import random_uuid7_hex, row_id_for_valid_span
 
 __all__ = [
     "Event",
@@ -118,6 +119,26 @@ def clean_text(value: object, limit: int | None = SHORT_TEXT_CHARS) -> str | Non
         except UnicodeEncodeError:  # lone surrogates cannot be encoded: replace them
             text = text.encode("utf-8", "replace").decode("utf-8")
     return text
+
+
+# Labels (names, span types, models, ids) repeat from row to row, so their cleaned form is
+# memoised: a dict lookup instead of a dozen checks. Bounded: once full, it stops growing.
+_LABELS: dict[str, str | None] = {}
+_LABELS_MAX: Final = 8192
+_LABEL_CHARS: Final = 32  # at most the smallest limit a label is cut to, so limits never differ
+
+
+def _label(value: object, limit: int = SHORT_TEXT_CHARS) -> str | None:
+    """:func:`clean_text` for short, repetitive values, memoised."""
+    if type(value) is str:
+        cached = _LABELS.get(value)
+        if cached is not None:
+            return cached
+        cleaned = clean_text(value, limit)
+        if len(value) <= _LABEL_CHARS and len(_LABELS) < _LABELS_MAX:
+            _LABELS[value] = cleaned
+        return cleaned
+    return None if value is None else clean_text(value, limit)
 
 
 def clean_int(value: object) -> int | None:
@@ -233,7 +254,7 @@ def encode_metadata(value: object) -> str | None:
     """
     if value is None:
         return None
-    if not isinstance(value, Mapping):
+    if type(value) is not dict and not isinstance(value, Mapping):  # the ABC check is slow
         value = {"value": value}
     text: str
     try:
@@ -253,16 +274,15 @@ def encode_metadata(value: object) -> str | None:
 
 # --- ids --------------------------------------------------------------------------------------
 
-_HEX: Final = frozenset("0123456789abcdef")
+_MATCH_HEX: Final = {
+    32: re.compile(r"[0-9a-f]{32}").fullmatch,
+    16: re.compile(r"[0-9a-f]{16}").fullmatch,
+}
+_ZEROS: Final = {32: "0" * 32, 16: "0" * 16}
 
 
 def _valid_hex(value: object, length: int) -> bool:
-    return (
-        type(value) is str
-        and len(value) == length
-        and _HEX.issuperset(value)
-        and value != "0" * length
-    )
+    return type(value) is str and _MATCH_HEX[length](value) is not None and value != _ZEROS[length]
 
 
 def _require_trace_id(value: object) -> str:
@@ -299,13 +319,16 @@ _EPOCH: Final = _dt.datetime(1970, 1, 1, tzinfo=_UTC)
 # timestamptz cannot hold years past 294276 and Python's datetime stops at 9999; keep inside.
 _MAX_NS: Final = 253_402_300_799 * 10**9
 _MIN_NS: Final = -62_135_596_800 * 10**9
+_FAST_NS_LIMIT: Final = 4_102_444_800 * 10**9  # 2100-01-01
+_fromtimestamp: Final = _dt.datetime.fromtimestamp
 
 
 def timestamp_from_ns(ns: object) -> _dt.datetime:
     """Nanoseconds since the epoch as an aware UTC datetime, clamped to datetime's range."""
-    if type(ns) is not int:
-        ns = clean_int_any(ns)
-    assert isinstance(ns, int)
+    if type(ns) is int and 0 <= ns < _FAST_NS_LIMIT:
+        # The common case, in half the time of epoch + timedelta (rounded to the microsecond).
+        return _fromtimestamp(ns / 1e9, _UTC)
+    ns = clean_int_any(ns)
     ns = min(max(ns, _MIN_NS), _MAX_NS)
     return _EPOCH + _dt.timedelta(microseconds=ns // 1000)
 
@@ -321,7 +344,7 @@ def clean_int_any(value: object) -> int:
 
 
 def _status(value: object, default: str) -> str:
-    return clean_text(value, 32) or default
+    return _label(value, 32) or default
 
 
 def _duration(event: Event) -> float | None:
@@ -341,6 +364,8 @@ def _detail(event: Event, size: int) -> tuple[Any, ...]:
     detail = event.detail
     if type(detail) is not tuple:
         detail = ()
+    elif len(detail) == size:
+        return detail
     return (*detail[:size], *(None,) * (size - len(detail)))
 
 
@@ -349,28 +374,30 @@ def _span_row(event: Event, *, status: str, duration: float | None) -> Row:
     span_id = _require_span_id(event.span_id)
     start = timestamp_from_ns(event.start_ns)
     unix_ms = clean_int_any(event.start_ns) // 1_000_000
-    llm = _detail(event, 6)
+    model, provider, input_tokens, output_tokens, cached_tokens, reasoning_tokens = _detail(
+        event, 6
+    )
     return (
-        row_id_for_span(unix_ms, trace_id, span_id),
+        row_id_for_valid_span(unix_ms, trace_id, span_id),
         start,
         trace_id,
         span_id,
         _optional_span_id(event.parent_span_id),
-        clean_text(event.name),
-        clean_text(event.span_type, 64),
+        _label(event.name),
+        _label(event.span_type, 64),
         status,
         duration,
-        clean_text(event.error_type, 256),
+        _label(event.error_type, 256),
         clean_text(event.error_message, ERROR_MESSAGE_CHARS),
-        clean_text(llm[0], 256),
-        clean_text(llm[1], 256),
-        clean_int(llm[2]),
-        clean_int(llm[3]),
-        clean_int(llm[4]),
-        clean_int(llm[5]),
-        clean_text(event.user_id),
-        clean_text(event.session_id),
-        clean_text(event.kb_id),
+        _label(model, 256),
+        _label(provider, 256),
+        clean_int(input_tokens),
+        clean_int(output_tokens),
+        clean_int(cached_tokens),
+        clean_int(reasoning_tokens),
+        _label(event.user_id),
+        _label(event.session_id),
+        _label(event.kb_id),
         encode_metadata(event.metadata),
     )
 
@@ -380,17 +407,17 @@ def _trace_row(event: Event, *, status: str, duration: float | None) -> Row:
     span_id = _require_span_id(event.span_id)
     unix_ms = clean_int_any(event.start_ns) // 1_000_000
     return (
-        row_id_for_span(unix_ms, trace_id, span_id),
+        row_id_for_valid_span(unix_ms, trace_id, span_id),
         timestamp_from_ns(event.start_ns),
         trace_id,
         span_id,
-        clean_text(event.name),
-        clean_text(event.user_id),
-        clean_text(event.session_id),
-        clean_text(event.kb_id),
+        _label(event.name),
+        _label(event.user_id),
+        _label(event.session_id),
+        _label(event.kb_id),
         status,
         duration,
-        clean_text(event.error_type, 256),
+        _label(event.error_type, 256),
         clean_text(event.error_message, ERROR_MESSAGE_CHARS),
         encode_metadata(event.metadata),
     )
@@ -405,10 +432,10 @@ def _chat_row(event: Event) -> Row:
         timestamp_from_ns(event.start_ns),
         _optional_trace_id(event.trace_id),
         _optional_span_id(event.span_id),
-        clean_text(event.session_id),
-        clean_text(event.user_id),
-        clean_text(event.kb_id),
-        clean_text(role, 64) or "unknown",
+        _label(event.session_id),
+        _label(event.user_id),
+        _label(event.kb_id),
+        _label(role, 64) or "unknown",
         text,
         text[:PREVIEW_CHARS],
         clean_int(token_count),
@@ -418,7 +445,7 @@ def _chat_row(event: Event) -> Row:
 
 def _document_row(event: Event) -> Row:
     document_id, event_type, chunk_count = _detail(event, 3)
-    kb_id = clean_text(event.kb_id)
+    kb_id = _label(event.kb_id)
     if not kb_id:
         raise InvalidEvent("document event without a kb_id")
     unix_ms = clean_int_any(event.start_ns) // 1_000_000
@@ -428,11 +455,11 @@ def _document_row(event: Event) -> Row:
         _optional_trace_id(event.trace_id),
         kb_id,
         clean_text(document_id) or "",
-        clean_text(event_type, 64) or "unknown",
+        _label(event_type, 64) or "unknown",
         _status(event.status, "ok"),
         _duration(event),
         clean_int(chunk_count),
-        clean_text(event.error_type, 256),
+        _label(event.error_type, 256),
         clean_text(event.error_message, ERROR_MESSAGE_CHARS),
         encode_metadata(event.metadata),
     )

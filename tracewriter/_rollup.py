@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 from collections.abc import Iterable
+from math import frexp
 from typing import Final
 
 from tracewriter import _schema as schema
@@ -20,15 +21,21 @@ from tracewriter._records import Row
 __all__ = ["Rollup", "histogram_bucket"]
 
 _LAST_BUCKET: Final = schema.HISTOGRAM_BUCKETS - 1
+_HALF_SQRT2: Final = math.sqrt(2.0) / 2.0
 
-Key = tuple[_dt.datetime, str, str, str, str, str]
+# (minute, span_type, model, kb_id, status): one per row, shared by the metrics it yields.
+Dims = tuple[_dt.datetime, str, str, str, str]
+Key = tuple[str, Dims]
 
 
 def histogram_bucket(value: float) -> int:
     """The histogram bucket of ``value`` (milliseconds, tokens: any non-negative measure)."""
     if not value >= 1.0:  # also catches NaN
         return 0
-    return min(math.floor(2.0 * math.log2(value)) + 1, _LAST_BUCKET)
+    # value = mantissa * 2**exp with mantissa in [0.5, 1): floor(2·log2(value)) + 1 without a log.
+    mantissa, exp = frexp(value)
+    bucket = 2 * exp - 1 if mantissa < _HALF_SQRT2 else 2 * exp
+    return bucket if bucket < _LAST_BUCKET else _LAST_BUCKET
 
 
 def _col(table_columns: tuple[str, ...], name: str) -> int:
@@ -114,7 +121,11 @@ class Rollup:
         status: str | None = None,
     ) -> None:
         """Add one observation of ``metric`` at time ``ts``."""
-        key = (_minute(ts), metric, span_type or "", model or "", kb_id or "", status or "")
+        dims = (_minute(ts), span_type or "", model or "", kb_id or "", status or "")
+        self._observe(metric, dims, value)
+
+    def _observe(self, metric: str, dims: Dims, value: float) -> None:
+        key = (metric, dims)
         cell = self._cells.get(key)
         if cell is None:
             self._cells[key] = _Cell(value)
@@ -123,45 +134,43 @@ class Rollup:
 
     def add_rows(self, table: str, rows: Iterable[Row]) -> None:
         """Add the metrics of rows written to ``table`` (open rows carry none yet)."""
+        observe = self._observe
         if table == schema.SPANS:
             for r in rows:
-                if r[_S_STATUS] == "open" or r[_S_DUR] is None:
+                status, duration = r[_S_STATUS], r[_S_DUR]
+                if status == "open" or duration is None:
                     continue
-                dims = {"span_type": r[_S_TYPE], "model": r[_S_MODEL], "kb_id": r[_S_KB]}
-                self.add(r[_S_TS], "span.duration_ms", r[_S_DUR], status=r[_S_STATUS], **dims)
+                dims = (
+                    _minute(r[_S_TS]),
+                    r[_S_TYPE] or "",
+                    r[_S_MODEL] or "",
+                    r[_S_KB] or "",
+                    status,
+                )
+                observe("span.duration_ms", dims, duration)
                 if r[_S_IN] is not None:
-                    self.add(r[_S_TS], "llm.input_tokens", r[_S_IN], status=r[_S_STATUS], **dims)
+                    observe("llm.input_tokens", dims, r[_S_IN])
                 if r[_S_OUT] is not None:
-                    self.add(r[_S_TS], "llm.output_tokens", r[_S_OUT], status=r[_S_STATUS], **dims)
+                    observe("llm.output_tokens", dims, r[_S_OUT])
         elif table == schema.TRACES:
             for r in rows:
-                if r[_T_STATUS] == "open" or r[_T_DUR] is None:
+                status, duration = r[_T_STATUS], r[_T_DUR]
+                if status == "open" or duration is None:
                     continue
-                self.add(
-                    r[_T_TS], "trace.duration_ms", r[_T_DUR], kb_id=r[_T_KB], status=r[_T_STATUS]
+                observe(
+                    "trace.duration_ms",
+                    (_minute(r[_T_TS]), "", "", r[_T_KB] or "", status),
+                    duration,
                 )
         elif table == schema.DOCUMENT_EVENTS:
             for r in rows:
-                if r[_D_DUR] is None:
-                    continue
-                self.add(
-                    r[_D_TS],
-                    "document.duration_ms",
-                    r[_D_DUR],
-                    span_type=r[_D_TYPE],
-                    kb_id=r[_D_KB],
-                    status=r[_D_STATUS],
-                )
+                if r[_D_DUR] is not None:
+                    dims = (_minute(r[_D_TS]), r[_D_TYPE] or "", "", r[_D_KB] or "", r[_D_STATUS])
+                    observe("document.duration_ms", dims, r[_D_DUR])
         elif table == schema.CHAT_MESSAGES:
             for r in rows:
-                tokens = r[_C_TOKENS]
-                self.add(
-                    r[_C_TS],
-                    "chat.tokens",
-                    float(tokens or 0),
-                    span_type=r[_C_ROLE],
-                    kb_id=r[_C_KB],
-                )
+                dims = (_minute(r[_C_TS]), r[_C_ROLE] or "", "", r[_C_KB] or "", "")
+                observe("chat.tokens", dims, float(r[_C_TOKENS] or 0))
 
     def merge(self, other: Rollup) -> None:
         """Fold ``other`` into this roll-up (used when a failed upsert is retried with more)."""
@@ -189,5 +198,5 @@ class Rollup:
                 float(cell.high),
                 list(cell.hist),
             )
-            for (ts, metric, span_type, model, kb_id, status), cell in self._cells.items()
+            for (metric, (ts, span_type, model, kb_id, status)), cell in self._cells.items()
         ]
