@@ -1,8 +1,10 @@
 """The ``tracewriter`` command line: one subcommand per function, dispatched by :func:`main`.
 
-Owns argument parsing, where the DSN comes from (``--dsn`` or ``TRACEWRITER_DSN``) and turning
-expected errors into a one-line message and an exit status. The work itself belongs to the
-library modules each subcommand calls.
+Owns argument parsing, where the DSN comes from (``--dsn`` or ``TRACEWRITER_DSN``; the demo
+falls back to an embedded server) and turning expected errors into a one-line message and an
+exit status. The work itself belongs to the library modules each subcommand calls. The
+subcommands that print with ``rich`` (``demo``, ``trace``, ``stats``) import their modules when
+they run, so ``migrate`` works without the ``cli`` extra.
 
 To add a subcommand, write ``_add_<name>(subparsers)`` that registers its parser with
 ``set_defaults(handler=_cmd_<name>)``, write ``_cmd_<name>(args) -> int``, and list the adder in
@@ -12,13 +14,24 @@ To add a subcommand, write ``_add_<name>(subparsers)`` that registers its parser
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import datetime as _dt
+import math
 import os
+import re
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any, Final
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+import structlog
 
 from tracewriter import migrate
-from tracewriter.errors import TracewriterError
+from tracewriter._config import redact_dsn
+from tracewriter.errors import ConfigurationError, TracewriterError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = ["main"]
 
@@ -141,7 +154,333 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_SUBCOMMANDS: Final[tuple[Callable[[_Subparsers], None], ...]] = (_add_migrate,)
+# --- demo ----------------------------------------------------------------------------------------
+
+
+def _add_demo(subparsers: _Subparsers) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "demo",
+        help="simulate a RAG service writing traces, then read them back",
+        description=(
+            "Simulate a RAG chat service (concurrent users, retrieval spans, LLM calls, chat "
+            "messages, a document-ingestion stream, a few failures) writing through tracewriter, "
+            "then print a summary, one trace as a waterfall and per-model latency. With no "
+            f"--dsn and no ${DSN_ENV} it starts an embedded PostgreSQL; the database is "
+            "migrated first unless --no-migrate."
+        ),
+    )
+    _add_dsn_option(parser)
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument(
+        "--duration",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="simulate for this long (default: 20 s unless --requests is given)",
+    )
+    size.add_argument(
+        "--requests", type=_positive_int, metavar="N", help="simulate N chat requests"
+    )
+    parser.add_argument(
+        "--users", type=_positive_int, default=50, metavar="N",
+        help="concurrent simulated users (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--docs-per-second", type=_non_negative_float, default=20.0, metavar="R",
+        help="documents entering the ingestion pipeline per second (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--failure-rate", type=_fraction, default=0.03, metavar="F",
+        help="share of requests and documents that fail somewhere (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument("--seed", type=int, help="seed of the simulation's random choices")
+    parser.add_argument(
+        "--time-scale", type=_time_scale, default=0.02, metavar="F",
+        help="wall-clock share of the simulated LLM and document latencies (default: "
+        "%(default)s, i.e. 50x faster; 1 = real time); recorded durations stay realistic",
+    )  # fmt: skip
+    parser.add_argument(
+        "--thread-mode", action="store_true",
+        help="run the writer on its own thread instead of the demo's event loop",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-live", action="store_true",
+        help="no live progress panel (plain output, for logs and CI)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-migrate", action="store_true", help="do not apply pending migrations first"
+    )
+    parser.set_defaults(handler=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    try:
+        from rich.console import Console  # noqa: PLC0415 - the cli extra, needed only here
+
+        from tracewriter import _demo  # noqa: PLC0415
+    except ModuleNotFoundError as exc:
+        raise _missing_extra(exc) from None
+    console = Console()
+    options: dict[str, Any] = {
+        "duration": args.duration,
+        "requests": args.requests,
+        "users": args.users,
+        "docs_per_second": args.docs_per_second,
+        "failure_rate": args.failure_rate,
+        "seed": args.seed,
+        "time_scale": args.time_scale,
+        "thread_mode": args.thread_mode,
+        "live": not args.no_live and console.is_terminal,
+        "console": console,
+    }
+    dsn: str | None = args.dsn or os.environ.get(DSN_ENV)
+    with _library_logs_to_stderr(), contextlib.ExitStack() as stack:
+        if dsn is None:
+            dsn = _start_embedded(stack, console)
+        else:
+            console.print(f"database: {redact_dsn(dsn)}", style="dim", soft_wrap=True)
+        if not args.no_migrate:
+            _migrate_for_demo(dsn, console)
+        report = asyncio.run(_demo.run_demo(dsn, **options))
+    if report.ok:
+        return EXIT_OK
+    print(
+        f"tracewriter demo: {report.dropped} events dropped, {report.dead_lettered} "
+        f"dead-lettered, ledger {'balances' if report.stats.balances() else 'does not balance'}, "
+        f"rows {'match' if report.rows_match else 'do not match'}",
+        file=sys.stderr,
+    )
+    return EXIT_FAILED
+
+
+def _start_embedded(stack: contextlib.ExitStack, console: Console) -> str:
+    """Start an embedded PostgreSQL that lives as long as ``stack``; return its DSN."""
+    from tracewriter.embedded import EmbeddedPostgres  # noqa: PLC0415 - an optional extra
+
+    console.print(
+        f"no --dsn and no ${DSN_ENV}: starting an embedded PostgreSQL…", style="dim", soft_wrap=True
+    )
+    server = EmbeddedPostgres()
+    stack.callback(server.cleanup)
+    try:
+        server.start()
+    except Exception as exc:  # whatever the server package raises, say so in one line
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        raise ConfigurationError(f"cannot start the embedded PostgreSQL: {text}") from None
+    console.print(
+        f"database: {redact_dsn(server.dsn)} (deleted on exit)", style="dim", soft_wrap=True
+    )
+    return server.dsn
+
+
+def _migrate_for_demo(dsn: str, console: Console) -> None:
+    def notice(message: str) -> None:
+        print(f"notice: {message}", file=sys.stderr)
+
+    applied = migrate.apply_migrations(dsn, on_notice=notice)
+    if applied:
+        console.print(f"migrated: applied {', '.join(applied)}", style="dim")
+
+
+# --- trace ---------------------------------------------------------------------------------------
+
+_TRACE_ID: Final = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _trace_id(text: str) -> str:
+    value = text.strip().lower()
+    if not _TRACE_ID.match(value):
+        raise argparse.ArgumentTypeError(f"not a trace id: {text!r} (expected 32 hex digits)")
+    return value
+
+
+def _add_trace(subparsers: _Subparsers) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "trace",
+        help="show one trace from the database as a waterfall tree",
+        description=(
+            "Read one trace back from the database and print it as a tree of its spans, LLM "
+            "calls, messages and document events, each with a bar on the trace's time axis, "
+            "its start offset and its duration."
+        ),
+    )
+    parser.add_argument("trace_id", type=_trace_id, metavar="TRACE_ID", help="32 hex digits")
+    _add_dsn_option(parser)
+    parser.set_defaults(handler=_cmd_trace)
+
+
+def _cmd_trace(args: argparse.Namespace) -> int:
+    dsn = _require_dsn(args)
+    try:
+        from rich.console import Console  # noqa: PLC0415 - the cli extra, needed only here
+
+        from tracewriter import _readback  # noqa: PLC0415
+    except ModuleNotFoundError as exc:
+        raise _missing_extra(exc) from None
+
+    async def read() -> _readback.TraceTree:
+        conn = await _readback.connect(dsn)
+        try:
+            return await _readback.fetch_trace(conn, dsn, args.trace_id)
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=5)
+
+    with _library_logs_to_stderr():
+        tree = asyncio.run(read())
+    console = Console()
+    console.print(_readback.render_trace(tree, width=console.width))
+    return EXIT_OK
+
+
+# --- stats ---------------------------------------------------------------------------------------
+
+_SPAN_OF_TIME: Final = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _since(text: str) -> _dt.timedelta:
+    """``90s``, ``15m``, ``1h``, ``1h30m``, ``7d``, ``2w`` as a timedelta."""
+    value = text.strip().lower()
+    parts = _SPAN_OF_TIME.findall(value)
+    if not parts or "".join(n + u for n, u in parts) != value:
+        raise argparse.ArgumentTypeError(
+            f"not a span of time: {text!r} (expected e.g. 90s, 15m, 1h, 1h30m, 7d)"
+        )
+    seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    if not 0 < seconds <= 3650 * 86400:
+        raise argparse.ArgumentTypeError(f"must be more than 0s and at most 3650d, got {text!r}")
+    return _dt.timedelta(seconds=seconds)
+
+
+def _add_stats(subparsers: _Subparsers) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "stats",
+        help="per-model and per-span-type calls, tokens and latency percentiles",
+        description=(
+            "Print LLM calls by model (calls, errors, tokens, latency avg/p50/p95/p99/max), "
+            "spans by type and document stages, read from metrics_aggregates."
+        ),
+    )
+    parser.add_argument(
+        "--since", type=_since, default=_dt.timedelta(hours=1), metavar="SPAN",
+        help="how far back: 90s, 15m, 1h, 1h30m, 7d... (default: 1h)",
+    )  # fmt: skip
+    _add_dsn_option(parser)
+    parser.set_defaults(handler=_cmd_stats)
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    dsn = _require_dsn(args)
+    try:
+        from rich.console import Console  # noqa: PLC0415 - the cli extra, needed only here
+
+        from tracewriter import _readback  # noqa: PLC0415
+    except ModuleNotFoundError as exc:
+        raise _missing_extra(exc) from None
+
+    async def read() -> _readback.Stats:
+        conn = await _readback.connect(dsn)
+        try:
+            return await _readback.fetch_stats(conn, dsn, args.since)
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=5)
+
+    with _library_logs_to_stderr():
+        stats = asyncio.run(read())
+    Console().print(_readback.render_stats(stats))
+    return EXIT_OK
+
+
+# --- shared --------------------------------------------------------------------------------------
+
+
+def _positive_float(text: str) -> float:
+    value = _float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = _float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def _time_scale(text: str) -> float:
+    value = _float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 1, got {text}")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
+
+
+def _missing_extra(exc: ModuleNotFoundError) -> TracewriterError:
+    if (exc.name or "").partition(".")[0] != "rich":
+        raise exc
+    return ConfigurationError(
+        "this command needs the 'cli' extra (rich): pip install 'tracewriter[cli]'"
+    )
+
+
+_LOG_LEVELS: Final = {"debug": 10, "info": 20, "msg": 20, "warning": 30, "warn": 30, "error": 40}
+
+
+def _warnings_only(logger: Any, method_name: str, event_dict: Any) -> Any:
+    if _LOG_LEVELS.get(method_name, 50) < _LOG_LEVELS["warning"]:
+        raise structlog.DropEvent
+    return event_dict
+
+
+def _print_to_stderr(logger: Any, method_name: str, rendered: Any) -> Any:
+    # sys.stderr looked up now, so that rich's live display can take the line in.
+    print(rendered if isinstance(rendered, str) else repr(rendered), file=sys.stderr)
+    raise structlog.DropEvent
+
+
+@contextlib.contextmanager
+def _library_logs_to_stderr() -> Iterator[None]:
+    """While inside: the library's log lines below warning are dropped, the rest go to stderr.
+
+    The library's loggers were bound when it was imported, so ``structlog.configure`` no
+    longer reaches them; like ``structlog.testing.capture_logs``, this edits the configured
+    processor list in place (and restores it), which those loggers share.
+    """
+    processors = structlog.get_config()["processors"]
+    processors.insert(0, _warnings_only)
+    processors.append(_print_to_stderr)
+    try:
+        yield
+    finally:
+        for added in (_warnings_only, _print_to_stderr):
+            with contextlib.suppress(ValueError):
+                processors.remove(added)
+
+
+_SUBCOMMANDS: Final[tuple[Callable[[_Subparsers], None], ...]] = (
+    _add_migrate,
+    _add_demo,
+    _add_trace,
+    _add_stats,
+)
 
 
 if __name__ == "__main__":

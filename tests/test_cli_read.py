@@ -1,0 +1,232 @@
+"""`tracewriter trace` and `tracewriter stats` against known rows written through the service."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tracewriter import ObservabilityService
+from tracewriter._readback import connect, fetch_stats
+from tracewriter._rollup import histogram_bucket
+from tracewriter.cli import main
+
+pytestmark = pytest.mark.timeout(120)
+
+UNREACHABLE = "postgresql://nobody:secret@127.0.0.1:1/x"
+
+
+class IndexOffline(Exception):
+    """An application error raised inside a span."""
+
+
+@pytest.fixture(autouse=True)
+def wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Render at 160 columns and with no DSN from the environment."""
+    monkeypatch.setenv("COLUMNS", "160")
+    monkeypatch.delenv("TRACEWRITER_DSN", raising=False)
+
+
+async def run_cli(*argv: str) -> int:
+    return await asyncio.to_thread(main, list(argv))
+
+
+async def write_known_trace(dsn: str) -> str:
+    """One request: messages, a retrieval span with a nested rerank, a failing tool span and
+    an LLM call; returns its trace id."""
+    async with ObservabilityService(dsn, flush_interval=0.05) as svc:
+        ctx = svc.start_trace("chat.request", user_id="u-1", session_id="s-1", kb_id="kb-t")
+        svc.log_chat_message(ctx, role="user", content="What is RAG?", token_count=4)
+        async with svc.span(ctx, "retrieve", "retrieval", {"top_k": 4}):
+            await asyncio.sleep(0.03)
+            async with svc.span(None, "rerank", "rerank"):
+                await asyncio.sleep(0.01)
+        with pytest.raises(IndexOffline):
+            async with svc.span(ctx, "tool.lookup", "tool"):
+                raise IndexOffline("index offline")
+        svc.log_llm_call(
+            ctx, model="gpt-4o", provider="openai", input_tokens=1200, output_tokens=300,
+            cached_input_tokens=1024, duration_ms=250.0, name="llm.generate",
+        )  # fmt: skip
+        svc.log_chat_message(ctx, role="assistant", content="RAG is retrieval.", token_count=5)
+        svc.end_trace(ctx)
+        assert await svc.flush(timeout=30)
+    return ctx.trace_id
+
+
+def fmt_ms(value: float) -> str:
+    return f"{value:.0f} ms" if value >= 100 else f"{value:.1f} ms"
+
+
+def column_of(lines: list[str], name: str) -> int:
+    [line] = [x for x in lines if f" {name} " in x]
+    return line.index(name)
+
+
+async def test_trace_renders_the_tree_with_each_spans_duration(
+    db_dsn: str, pool: asyncpg.Pool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`tracewriter trace` nests rerank under retrieve, shows every span's stored duration,
+    the LLM call's model and tokens, and the failing span's error."""
+    trace_id = await write_known_trace(db_dsn)
+    capsys.readouterr()  # the writer's own log lines
+    assert await run_cli("trace", trace_id, "--dsn", db_dsn) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    lines = out.splitlines()
+    assert trace_id in lines[0] and "status ok" in lines[0]
+    assert "user u-1" in lines[1] and "kb kb-t" in lines[1]
+    assert column_of(lines, "retrieve") == 4  # a child of the root
+    assert column_of(lines, "rerank") == 8  # a child of retrieve
+    assert column_of(lines, "tool.lookup") == 4
+    rows = await pool.fetch(
+        "SELECT name, duration_ms FROM observability.spans WHERE trace_id = $1", trace_id
+    )
+    for row in rows:
+        [line] = [x for x in lines if f" {row['name']} " in x]
+        assert fmt_ms(row["duration_ms"]) in line, (row["name"], line)
+    [llm] = [x for x in lines if " llm.generate " in x]
+    assert "250 ms" in llm and "gpt-4o (openai)" in llm and "1,200→300 tok" in llm
+    [tool] = [x for x in lines if " tool.lookup " in x]
+    assert "IndexOffline: index offline" in tool
+    assert sum(" message " in x for x in lines) == 2
+
+
+async def test_trace_takes_the_dsn_from_the_environment(
+    db_dsn: str,
+    pool: asyncpg.Pool,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With TRACEWRITER_DSN set and no --dsn, `tracewriter trace` reads that database."""
+    trace_id = await write_known_trace(db_dsn)
+    monkeypatch.setenv("TRACEWRITER_DSN", db_dsn)
+    assert await run_cli("trace", trace_id.upper()) == 0
+    assert trace_id in capsys.readouterr().out
+
+
+async def test_an_unknown_trace_exits_1_with_one_clear_line(
+    db_dsn: str, pool: asyncpg.Pool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A well-formed trace id that is not in the database exits 1 with `no trace <id>`."""
+    missing = "0123456789abcdef0123456789abcdef"
+    assert await run_cli("trace", missing, "--dsn", db_dsn) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.strip().splitlines() == [err.strip()]
+    assert f"no trace {missing}" in err and "Traceback" not in err
+
+
+async def test_a_malformed_trace_id_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A trace id that is not 32 hex digits is refused by the parser (exit 2) with the rule."""
+    with pytest.raises(SystemExit) as exited:
+        await run_cli("trace", "not-a-trace", "--dsn", UNREACHABLE)
+    assert exited.value.code == 2
+    assert "expected 32 hex digits" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["trace", "ab" * 16], ["stats", "--since", "1h"]])
+async def test_an_unreachable_database_exits_1_without_the_password(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unreachable --dsn gives exit 1 and one stderr line naming the redacted DSN: no
+    password, no traceback."""
+    assert await run_cli(*argv, "--dsn", UNREACHABLE) == 1
+    out, err = capsys.readouterr()
+    assert "secret" not in out + err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert "cannot connect to postgresql://nobody:***@127.0.0.1:1/x" in err
+
+
+@pytest.mark.parametrize("argv", [["trace", "ab" * 16], ["stats"]])
+async def test_without_any_dsn_the_read_commands_ask_for_one(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With neither --dsn nor TRACEWRITER_DSN, trace and stats exit 2 saying how to give one."""
+    assert await run_cli(*argv) == 2
+    err = capsys.readouterr().err
+    assert "--dsn" in err and "TRACEWRITER_DSN" in err
+
+
+async def write_known_llm_calls(dsn: str) -> None:
+    """model-a: three ok calls of 100, 200, 400 ms; model-b: one failed call of 50 ms."""
+    async with ObservabilityService(dsn, flush_interval=0.05) as svc:
+        ctx = svc.start_trace("batch", kb_id="kb-s")
+        calls: list[dict[str, Any]] = [
+            {"model": "model-a", "duration_ms": 100.0, "input_tokens": 1000, "output_tokens": 10},
+            {"model": "model-a", "duration_ms": 200.0, "input_tokens": 2000, "output_tokens": 20},
+            {"model": "model-a", "duration_ms": 400.0, "input_tokens": 3000, "output_tokens": 30},
+            {"model": "model-b", "duration_ms": 50.0, "input_tokens": 7, "status": "error"},
+        ]
+        for call in calls:
+            svc.log_llm_call(ctx, provider="p", **call)
+        with svc.span(ctx, "retrieve", "retrieval"):
+            pass
+        svc.end_trace(ctx)
+        assert await svc.flush(timeout=30)
+
+
+def bucket_bound(value: float) -> float:
+    """The upper bound of the histogram bucket holding ``value``."""
+    return float(2 ** (histogram_bucket(value) / 2))
+
+
+async def test_stats_reads_calls_tokens_and_percentiles_per_model(
+    db_dsn: str, pool: asyncpg.Pool
+) -> None:
+    """The per-model figures are the sums of the known calls, and the percentiles are the
+    bucket bounds of the known durations, never above the largest one."""
+    await write_known_llm_calls(db_dsn)
+    conn = await connect(db_dsn)
+    try:
+        stats = await fetch_stats(conn, db_dsn, dt.timedelta(hours=1))
+    finally:
+        await conn.close()
+    a, b = stats.models
+    assert (a.key, a.calls, a.errors, a.input_tokens, a.output_tokens) == (
+        "model-a", 3, 0, 6000, 60
+    )  # fmt: skip
+    assert a.avg_ms == pytest.approx(700 / 3)
+    assert a.p50_ms == bucket_bound(200.0) and a.max_ms == 400.0
+    assert a.p99_ms == 400.0  # the bucket bound of 400 (512) is clamped to the max
+    assert (b.key, b.calls, b.errors, b.input_tokens) == ("model-b", 1, 1, 7)
+    by_type = {r.key: r for r in stats.span_types}
+    assert by_type["llm"].calls == 4 and by_type["llm"].errors == 1
+    assert by_type["retrieval"].calls == 1
+    assert stats.document_stages == []
+
+
+async def test_stats_prints_the_per_model_and_per_span_type_tables(
+    db_dsn: str, pool: asyncpg.Pool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`tracewriter stats --since 1h` prints both tables with the known numbers."""
+    await write_known_llm_calls(db_dsn)
+    capsys.readouterr()  # the writer's own log lines
+    assert await run_cli("stats", "--since", "1h", "--dsn", db_dsn) == 0
+    out = capsys.readouterr().out
+    assert "LLM calls by model (last 1h) · latency in ms" in out
+    assert "Spans by type (last 1h)" in out
+    [row_a] = [x for x in out.splitlines() if "model-a" in x]
+    p50 = bucket_bound(200)
+    assert row_a.split() == ["model-a", "3", "0", "6,000", "60", f"{p50:,.0f}", "400", "400", "400"]
+
+
+async def test_stats_on_an_empty_window_says_nothing_was_recorded(
+    db_dsn: str, pool: asyncpg.Pool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With no metrics in the window, stats exits 0 and says so."""
+    assert await run_cli("stats", "--since", "15m", "--dsn", db_dsn) == 0
+    assert "nothing recorded (last 15m)" in capsys.readouterr().out
+
+
+async def test_stats_refuses_a_window_it_cannot_read(capsys: pytest.CaptureFixture[str]) -> None:
+    """--since accepts spans like 1h30m and refuses anything else with exit 2."""
+    with pytest.raises(SystemExit) as exited:
+        await run_cli("stats", "--since", "an hour", "--dsn", UNREACHABLE)
+    assert exited.value.code == 2
+    assert "expected e.g. 90s, 15m, 1h" in capsys.readouterr().err
