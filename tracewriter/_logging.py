@@ -19,7 +19,10 @@ __all__ = ["RateLimitedLog", "get_logger"]
 
 def get_logger(component: str) -> Any:
     """A structlog logger bound to ``component`` (the module that logs)."""
-    return structlog.get_logger("tracewriter").bind(component=component)
+    # get_logger with initial values returns a lazy proxy: the application's later
+    # structlog.configure() still applies (an eager .bind() here would freeze the config
+    # in force when tracewriter was imported).
+    return structlog.get_logger("tracewriter", component=component)
 
 
 class RateLimitedLog:

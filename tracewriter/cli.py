@@ -460,9 +460,8 @@ def _print_to_stderr(logger: Any, method_name: str, rendered: Any) -> Any:
 def _library_logs_to_stderr() -> Iterator[None]:
     """While inside: the library's log lines below warning are dropped, the rest go to stderr.
 
-    The library's loggers were bound when it was imported, so ``structlog.configure`` no
-    longer reaches them; like ``structlog.testing.capture_logs``, this edits the configured
-    processor list in place (and restores it), which those loggers share.
+    Like ``structlog.testing.capture_logs``, this edits the configured processor list in place
+    (and restores it), so whatever configuration the process has is back afterwards.
     """
     processors = structlog.get_config()["processors"]
     processors.insert(0, _warnings_only)
