@@ -14,6 +14,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import os
+import socket
 import threading
 import time
 import warnings
@@ -295,7 +296,9 @@ class PostgresProvider:
                 _log.warning("writer_close_failed", error=repr(exc), timeout=limit)
         else:
             try:
-                asyncio.run(self._shutdown_on_new_loop(limit))
+                with asyncio.Runner() as runner:
+                    _resolve_inline(runner.get_loop())
+                    runner.run(self._shutdown_on_new_loop(limit))
             except Exception as exc:
                 _log.warning("exit_flush_failed", error=repr(exc))
                 self._flusher.abandon()
@@ -410,10 +413,30 @@ def _after_fork_in_child() -> None:
         provider._after_fork_in_child()
 
 
+def _resolve_inline(loop: asyncio.AbstractEventLoop) -> None:
+    """Make ``loop`` resolve host names on its own thread instead of in an executor.
+
+    At interpreter exit ``concurrent.futures`` refuses new work ("cannot schedule new futures
+    after interpreter shutdown"), so every connection the exit flush opens to a DSN that names
+    a host (``localhost``, ``db``) would fail and the buffered events be dropped. Blocking on a
+    lookup is fine on a loop that only the writer uses.
+    """
+
+    async def getaddrinfo(
+        host: Any, port: Any, *, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0
+    ) -> Any:
+        return socket.getaddrinfo(host, port, family, type, proto, flags)
+
+    loop.getaddrinfo = getaddrinfo  # type: ignore[method-assign]
+
+
 def _at_exit() -> None:
     for provider in list(_LIVE):
         if provider.started:
             try:
+                loop = provider._loop
+                if provider._thread is not None and loop is not None and not loop.is_closed():
+                    _resolve_inline(loop)  # the writer's own loop, on its own thread
                 provider.close_sync(provider.config.atexit_timeout)
             except Exception as exc:  # never let our exit hook break the interpreter's exit
                 _log.warning("exit_flush_failed", error=repr(exc))
