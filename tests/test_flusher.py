@@ -256,19 +256,44 @@ async def test_metric_rollups_are_upserted_once_per_batch_id() -> None:
 
 async def test_cancelled_flush_loses_no_accounting() -> None:
     """Cancelling a flush mid-write leaves every taken event counted exactly once."""
-    buffer, sink, flusher, _ = make(batch=100)
-    sink.delay = 0.05
+
+    class StallAfterThree(InMemorySink):
+        async def copy_rows(
+            self, table: str, rows: Sequence[tuple[Any, ...]], *, dedupe: bool
+        ) -> None:
+            if self.calls["copy_rows"] >= 3:
+                self.calls["copy_rows"] += 1
+                await asyncio.Event().wait()  # a COPY that never finishes
+            await super().copy_rows(table, rows, dedupe=dedupe)
+
+    buffer, sink, flusher, _ = make(batch=100, sink=StallAfterThree())
     for _ in range(1000):
         buffer.put(llm_event())
     task = asyncio.ensure_future(flusher.flush_once(force=True))
-    while buffer.snapshot().written == 0:  # cancel once some batches are in, others not
+    while sink.calls["copy_rows"] < 10:  # three batches written, seven stuck mid-COPY
         await asyncio.sleep(0.005)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    written_before = buffer.snapshot().written
-    assert 0 < written_before < 1000
-    dropped = flusher.abandon()
+    assert buffer.snapshot().written == 300
+    assert flusher.abandon() == 700
     snap = buffer.snapshot()
-    assert dropped == 1000 - written_before and snap.balances()
-    assert len(sink.rows(schema.SPANS)) == written_before
+    assert snap.dropped_at_close == 700 and snap.balances()
+    assert len(sink.rows(schema.SPANS)) == 300
+
+
+def test_metadata_of_any_mapping_is_stored_as_an_object() -> None:
+    """A MappingProxyType, ChainMap or UserDict, alone or nested, encodes as a JSON object."""
+    import collections
+    import json
+    import types
+
+    from tracewriter._records import encode_metadata
+
+    for value in (
+        types.MappingProxyType({"a": 1}),
+        collections.ChainMap({"a": 1}),
+        collections.UserDict({"a": 1}),
+    ):
+        assert json.loads(encode_metadata(value) or "") == {"a": 1}
+        assert json.loads(encode_metadata({"outer": value}) or "") == {"outer": {"a": 1}}

@@ -33,7 +33,9 @@ __all__ = [
     "clean_float",
     "clean_int",
     "clean_text",
+    "complete_row",
     "encode_metadata",
+    "end_table",
     "sanitize_json",
 ]
 
@@ -235,6 +237,8 @@ def sanitize_json(value: object, _depth: int = 0, _seen: set[int] | None = None)
 
 
 def _orjson_default(value: object) -> object:
+    if isinstance(value, Mapping):  # MappingProxyType, ChainMap, UserDict: objects, not strings
+        return dict(value)
     if isinstance(value, set | frozenset):
         return list(value)
     return str(value)
@@ -463,6 +467,61 @@ def _document_row(event: Event) -> Row:
         clean_text(event.error_message, ERROR_MESSAGE_CHARS),
         encode_metadata(event.metadata),
     )
+
+
+_END_TABLES: Final = {EventKind.SPAN_END: schema.SPANS, EventKind.TRACE_END: schema.TRACES}
+_END_FIELDS: Final = {
+    table: tuple(schema.COLUMNS[table].index(c) for c in schema.END_UPDATE_COLUMNS)
+    for table in schema.UPSERTABLE
+}
+_METADATA_AT: Final = {
+    table: schema.COLUMNS[table].index("metadata") for table in schema.UPSERTABLE
+}
+
+
+def end_table(kind: str) -> str | None:
+    """The table an end event completes a row of, or None if ``kind`` is not an end."""
+    return _END_TABLES.get(kind)
+
+
+def _merge_metadata(start: str | None, end: str | None) -> str | None:
+    """The end's metadata over the start's, as the end-upsert's ``metadata || EXCLUDED.metadata``.
+
+    The standard library's json, not orjson: orjson reads integers past 64 bits as floats (and
+    refuses them past the double range), and encode_metadata keeps them exact. The texts are
+    not always objects (encode_metadata turns a non-dict Mapping into a string), and this must
+    not raise: the start and end it merges are already out of the buffer.
+    """
+    if end is None or end == start:
+        return start
+    if start is None:
+        return end
+    merged, update = json.loads(start), json.loads(end)
+    if isinstance(merged, dict) and isinstance(update, dict):
+        merged.update(update)
+    else:  # jsonb's || on anything but two objects: concatenate as arrays
+        merged = (merged if isinstance(merged, list) else [merged]) + (
+            update if isinstance(update, list) else [update]
+        )
+    return json.dumps(merged, ensure_ascii=False)
+
+
+def complete_row(table: str, start: Row, end: Event) -> Row:
+    """The open row ``start`` completed by its ``end`` event: one row for COPY.
+
+    Only the end's own fields are sanitised (status, duration, error, metadata): the start row
+    already holds everything else, so an end costs a fraction of a full :func:`build`.
+    """
+    row = list(start)
+    status_at, duration_at, error_type_at, error_message_at = _END_FIELDS[table]
+    row[status_at] = _status(end.status, "ok")
+    row[duration_at] = _duration(end)
+    row[error_type_at] = _label(end.error_type, 256)
+    row[error_message_at] = clean_text(end.error_message, ERROR_MESSAGE_CHARS)
+    meta_at = _METADATA_AT[table]
+    if end.metadata is not None:
+        row[meta_at] = _merge_metadata(start[meta_at], encode_metadata(end.metadata))
+    return tuple(row)
 
 
 def build(event: Event) -> tuple[str, Row]:
