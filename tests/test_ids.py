@@ -180,3 +180,14 @@ def test_row_id_for_span_never_raises_on_bad_ids(trace_id: object, span_id: obje
     first = row_id_for_span(MS_2026, trace_id, span_id)  # type: ignore[arg-type]
     assert first == row_id_for_span(MS_2026, trace_id, span_id)  # type: ignore[arg-type]
     assert uuid.UUID(first).version == 7
+
+
+def test_seeding_the_global_random_does_not_repeat_ids() -> None:
+    """An application calling random.seed(n) twice still gets fresh trace and span ids."""
+    import random
+
+    random.seed(1234)
+    first = (new_trace_id(), new_span_id(), random_uuid7_hex(MS_2026))
+    random.seed(1234)
+    second = (new_trace_id(), new_span_id(), random_uuid7_hex(MS_2026))
+    assert all(a != b for a, b in zip(first, second, strict=True))
