@@ -85,7 +85,9 @@ class PostgresSink:
         try:
             pool = await asyncpg.create_pool(
                 dsn,
-                min_size=1,
+                # No floor: during an outage asyncpg would keep re-dialling to restore it and log
+                # a traceback each time; connections are made when a flush needs them.
+                min_size=0,
                 max_size=cfg.pool_size,
                 timeout=cfg.connect_timeout,
                 command_timeout=cfg.command_timeout,

@@ -13,7 +13,7 @@ import contextlib
 import datetime as _dt
 import threading
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from time import monotonic, time_ns
 from types import TracebackType
@@ -30,7 +30,7 @@ from tracewriter._context import (
 from tracewriter._ids import new_span_id
 from tracewriter._logging import RateLimitedLog, get_logger
 from tracewriter._provider import PostgresProvider, Provider, WriterStats
-from tracewriter._records import Event, EventKind
+from tracewriter._records import Event, EventKind, clean_text
 from tracewriter.errors import ConfigurationError
 
 __all__ = ["ObservabilityService", "get_instance", "reset_instance"]
@@ -212,6 +212,14 @@ class ObservabilityService:
                 raise ConfigurationError(f"providers: {provider!r} has no record(event) method")
             chain.append(provider)
         self._providers: tuple[Provider, ...] = tuple(chain)
+        # With PostgreSQL the only provider (the usual case) events go straight to it: no loop,
+        # no per-provider guard (its record() is a locked append; the recording method's own
+        # guard still catches anything). Otherwise each provider is called, each guarded.
+        self._emit: Callable[[Event], None] = (
+            self.postgres.record
+            if self.postgres is not None and len(chain) == 1
+            else self._emit_all
+        )
         self.provider_failures: Counter[str] = Counter()
         self._failure_logs: dict[str, RateLimitedLog] = {}
         self.internal_errors = 0
@@ -225,7 +233,7 @@ class ObservabilityService:
 
     # --- fan-out ------------------------------------------------------------------------------
 
-    def _emit(self, event: Event) -> None:
+    def _emit_all(self, event: Event) -> None:
         for provider in self._providers:
             try:
                 provider.record(event)
@@ -405,7 +413,7 @@ class ObservabilityService:
             c = ctx or current_context()
             kb_id = c.kb_id if c is not None else None
             if not kb_id:
-                self._reject("document event without kb_id", event_type=str(event_type)[:64])
+                self._reject("document event without kb_id", event_type=clean_text(event_type, 64))
                 return
             end_ns = time_ns()
             self._emit(
