@@ -1,0 +1,87 @@
+"""Servers and databases for the fault suite.
+
+Scenarios that take the server away (stop/start, pg_hba changes) get a private embedded server
+per module, even when ``TRACEWRITER_TEST_DSN`` names a shared one: that one cannot be stopped.
+The other scenarios run on the run's server (embedded or shared) in a fresh database of their
+own, copied from a migrated template, so database-level settings (``statement_timeout``,
+``default_transaction_read_only``) and killed backends never reach another test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+
+import asyncpg
+import pytest
+
+from tracewriter.embedded import EmbeddedPostgres
+from tracewriter.migrate import apply_migrations
+
+from . import with_database
+
+
+def _admin(dsn: str, *statements: str) -> None:
+    async def run() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            for sql in statements:
+                await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+@pytest.fixture(scope="module")
+def own_server() -> Iterator[EmbeddedPostgres]:
+    """A private embedded server this module may stop, start and reconfigure."""
+    with EmbeddedPostgres() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def own_db(own_server: EmbeddedPostgres) -> str:
+    """A migrated database on the module's private server."""
+    _admin(own_server.dsn, 'CREATE DATABASE "faults"')
+    dsn = own_server.dsn_for("faults")
+    apply_migrations(dsn)
+    return dsn
+
+
+@pytest.fixture
+def clean_own_db(own_server: EmbeddedPostgres, own_db: str) -> str:
+    """``own_db`` with the server running and every observability table emptied."""
+    own_server.start()  # a test that failed mid-outage may have left it stopped
+    _admin(
+        own_db,
+        "TRUNCATE observability.traces, observability.spans, observability.chat_messages, "
+        "observability.document_events, observability.metrics_aggregates, "
+        "observability.provider_sync_status, observability.dead_letters, "
+        "observability.applied_batches",
+    )
+    return own_db
+
+
+@pytest.fixture(scope="session")
+def fault_template(server_dsn: str) -> Iterator[str]:
+    """The name of a migrated database on the run's server, to copy per test."""
+    name = f"tw_fault_template_{uuid.uuid4().hex[:12]}"
+    _admin(server_dsn, f'CREATE DATABASE "{name}"')
+    try:
+        apply_migrations(with_database(server_dsn, name))
+        yield name
+    finally:
+        _admin(server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def fault_db(server_dsn: str, fault_template: str) -> Iterator[str]:
+    """A DSN for a fresh migrated database of this test's own, dropped afterwards."""
+    name = f"tw_fault_{uuid.uuid4().hex[:12]}"
+    _admin(server_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{fault_template}"')
+    try:
+        yield with_database(server_dsn, name)
+    finally:
+        _admin(server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -1,0 +1,129 @@
+"""The database goes away under a running writer: a private embedded server stopped and started."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import psutil
+import pytest
+from structlog.testing import capture_logs
+
+from tracewriter import EventKind, ObservabilityService, TraceContext
+from tracewriter._records import Event
+from tracewriter.embedded import EmbeddedPostgres
+
+from . import Workload, assert_exactly_once, assert_settled, connect, wait_for
+
+OUTAGE_SECONDS = 10.0
+
+
+def service(dsn: str, **kw: object) -> ObservabilityService:
+    options: dict[str, object] = dict(
+        flush_interval=0.05,
+        max_batch_rows=2000,
+        open_row_grace=1.0,
+        retry_initial_backoff=0.05,
+        retry_max_backoff=0.5,
+        connect_timeout=2.0,
+    )
+    options.update(kw)
+    return ObservabilityService(dsn, **options)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+async def test_server_stopped_for_ten_seconds_mid_load_loses_and_duplicates_nothing(
+    own_server: EmbeddedPostgres, clean_own_db: str
+) -> None:
+    """With the server stopped for 10 s under load and started again, no recording call raises
+    and every accepted event is in the database exactly once."""
+    svc = service(clean_own_db)
+    await svc.start()
+    work = Workload(svc)
+    stop = asyncio.Event()
+    load = asyncio.create_task(work.run(stop))
+    try:
+
+        async def writing() -> bool:
+            return work.stats().written > 500
+
+        assert await wait_for(writing, timeout=15)
+        await asyncio.to_thread(own_server.stop)
+        # The load keeps running through the outage; it finishing early means it raised.
+        done, _ = await asyncio.wait({load}, timeout=OUTAGE_SECONDS)
+        assert not done, load.exception()
+        during = work.stats()
+        assert during.consecutive_failures > 0 and during.retries > 0
+        assert during.buffered + during.in_flight > 0  # kept, waiting for the server
+        await asyncio.to_thread(own_server.start)
+        done, _ = await asyncio.wait({load}, timeout=1.0)
+        assert not done, load.exception()
+    finally:
+        stop.set()
+        await load
+        own_server.start()
+    assert await svc.flush(timeout=60)
+    stats = work.stats()
+    await svc.close()
+    assert_settled(stats)
+    assert stats.written == work.expected_events() and stats.internal_errors == 0
+    async with connect(clean_own_db) as conn:
+        await assert_exactly_once(conn, work)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+async def test_a_million_enqueues_with_the_database_down_stay_bounded_and_close_on_time(
+    own_server: EmbeddedPostgres, clean_own_db: str
+) -> None:
+    """With the database unreachable, 1,000,000 enqueues keep at most max_buffer_rows events
+    (memory bounded, the excess counted as dropped_overflow), and close(timeout=2) returns in
+    about 2 s reporting what it dropped."""
+    limit = 10_000
+    svc = service(clean_own_db, max_buffer_rows=limit, max_batch_rows=1000)
+    await svc.start()
+    writer = svc.postgres
+    assert writer is not None
+    process = psutil.Process()
+    try:
+        await asyncio.to_thread(own_server.stop)
+        ctx = TraceContext.new_root()
+        base = Event(
+            EventKind.SPAN, time.time_ns(), time.time_ns(), ctx.trace_id, None, None, "llm.call",
+            "llm", "ok", 3.0, None, None, "u", "s", "kb", None, ("m", "p", 10, 5, None, None),
+        )  # fmt: skip
+        rss_before = process.memory_info().rss
+        peak_held = 0
+        for i in range(1_000_000):
+            # Each event owns a metadata dict, so keeping them all would cost ~200 MB.
+            writer.record(base._replace(span_id=f"{i + 1:016x}", metadata={"i": i, "pad": "x"}))
+            if i % 20_000 == 0:
+                held = writer.stats()
+                peak_held = max(peak_held, held.buffered + held.in_flight)
+                await asyncio.sleep(0)  # let the flusher fail and back off meanwhile
+        rss_growth = process.memory_info().rss - rss_before
+        before_close = writer.stats()
+        assert before_close.balances()
+        assert before_close.enqueued == 1_000_000 and before_close.written == 0
+        held = before_close.buffered + before_close.in_flight
+        assert peak_held <= limit and held <= limit
+        assert before_close.dropped_overflow == 1_000_000 - held
+        assert rss_growth < 60 * 2**20, f"RSS grew {rss_growth / 2**20:.0f} MiB"
+        with capture_logs() as logs:
+            started = time.monotonic()
+            await svc.close(timeout=2)
+            elapsed = time.monotonic() - started
+    finally:
+        await asyncio.to_thread(own_server.start)
+    stats = writer.stats()
+    assert elapsed < 3.5, f"close(timeout=2) took {elapsed:.2f} s"
+    assert stats.balances() and stats.written == 0
+    assert stats.dropped_at_close == held
+    assert stats.dropped_overflow == 1_000_000
+    reported = [e for e in logs if e["event"] == "close_dropped_events"]
+    assert reported and reported[0]["dropped"] == held
+    closed = [e for e in logs if e["event"] == "writer_closed"]
+    assert closed and closed[0]["dropped_at_close"] == held
+    async with connect(clean_own_db) as conn:
+        assert await conn.fetchval("SELECT count(*) FROM observability.spans") == 0
