@@ -20,7 +20,7 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 from tracewriter._buffer import Buffer
 from tracewriter._logging import RateLimitedLog, get_logger
@@ -482,19 +482,3 @@ class Flusher:
         self._status_sent -= status.rows_sent
         self._status_failed -= status.rows_failed
         self._dropped_reported = dropped_total
-
-    def describe(self) -> dict[str, Any]:
-        """A plain-dict view of :attr:`stats` for ``stats()``."""
-        s = self.stats
-        return {
-            "flushes": s.flushes,
-            "retries": s.retries,
-            "rows_written": dict(s.rows_written),
-            "end_upserts": s.end_upserts,
-            "last_flush_duration": s.last_flush_duration,
-            "last_flush_at": s.last_flush_at,
-            "last_error": s.last_error,
-            "consecutive_failures": s.consecutive_failures,
-            "internal_errors": s.internal_errors,
-            "held_open": s.held_open,
-        }

@@ -23,7 +23,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from tracewriter._buffer import Buffer
+from tracewriter._buffer import Buffer, LedgerSnapshot
 from tracewriter._config import WriterConfig, redact_dsn
 from tracewriter._flusher import Flusher, FlusherSettings
 from tracewriter._logging import get_logger
@@ -55,7 +55,7 @@ class Provider(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class WriterStats:
+class WriterStats(LedgerSnapshot):
     """A consistent snapshot of a writer's counters.
 
     Events are counted, not rows: a span whose start and end were coalesced is two events
@@ -65,17 +65,8 @@ class WriterStats:
     ``close()`` or was still unwritten when the close deadline passed (``dropped_at_close``).
     """
 
-    enqueued: int
-    written: int
-    written_by_table: dict[str, int]
-    dropped_overflow: int
-    dropped_at_close: int
-    dead_lettered: int
-    rejected_invalid: int
-    buffered: int
-    in_flight: int
-    retries: int
-    flushes: int
+    retries: int = 0
+    flushes: int = 0
     rows_written: dict[str, int] = field(default_factory=dict)
     end_upserts: int = 0
     held_open: int = 0
@@ -85,17 +76,6 @@ class WriterStats:
     consecutive_failures: int = 0
     internal_errors: int = 0
     running: bool = False
-
-    def balances(self) -> bool:
-        """Whether every enqueued event is accounted for exactly once."""
-        return self.enqueued == (
-            self.written
-            + self.dropped_overflow
-            + self.dead_lettered
-            + self.rejected_invalid
-            + self.buffered
-            + self.in_flight
-        )
 
 
 # Writers alive in this process, for the fork and exit hooks.
@@ -371,15 +351,7 @@ class PostgresProvider:
         ledger = self._buffer.snapshot()
         f = self._flusher.stats
         return WriterStats(
-            enqueued=ledger.enqueued,
-            written=ledger.written,
-            written_by_table=ledger.written_by_table,
-            dropped_overflow=ledger.dropped_overflow,
-            dropped_at_close=ledger.dropped_at_close,
-            dead_lettered=ledger.dead_lettered,
-            rejected_invalid=ledger.rejected_invalid,
-            buffered=ledger.buffered,
-            in_flight=ledger.in_flight,
+            **{name: getattr(ledger, name) for name in LedgerSnapshot.__dataclass_fields__},
             retries=f.retries,
             flushes=f.flushes,
             rows_written=dict(f.rows_written),

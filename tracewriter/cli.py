@@ -21,7 +21,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import structlog
@@ -309,27 +309,11 @@ def _add_trace(subparsers: _Subparsers) -> None:
 
 
 def _cmd_trace(args: argparse.Namespace) -> int:
-    dsn = _require_dsn(args)
-    try:
-        from rich.console import Console  # noqa: PLC0415 - the cli extra, needed only here
-
-        from tracewriter import _readback  # noqa: PLC0415
-    except ModuleNotFoundError as exc:
-        raise _missing_extra(exc) from None
-
-    async def read() -> _readback.TraceTree:
-        conn = await _readback.connect(dsn)
-        try:
-            return await _readback.fetch_trace(conn, dsn, args.trace_id)
-        finally:
-            with contextlib.suppress(Exception):
-                await conn.close(timeout=5)
-
-    with _library_logs_to_stderr():
-        tree = asyncio.run(read())
-    console = Console()
-    console.print(_readback.render_trace(tree, width=console.width))
-    return EXIT_OK
+    return _read_and_print(
+        args,
+        lambda readback, conn, dsn: readback.fetch_trace(conn, dsn, args.trace_id),
+        lambda readback, tree, console: readback.render_trace(tree, width=console.width),
+    )
 
 
 # --- stats ---------------------------------------------------------------------------------------
@@ -370,6 +354,19 @@ def _add_stats(subparsers: _Subparsers) -> None:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
+    return _read_and_print(
+        args,
+        lambda readback, conn, dsn: readback.fetch_stats(conn, dsn, args.since),
+        lambda readback, stats, console: readback.render_stats(stats),
+    )
+
+
+def _read_and_print(
+    args: argparse.Namespace,
+    fetch: Callable[[Any, Any, str], Awaitable[Any]],
+    render: Callable[[Any, Any, Any], Any],
+) -> int:
+    """Connect, fetch(readback, conn, dsn), close; print render(readback, data, console)."""
     dsn = _require_dsn(args)
     try:
         from rich.console import Console  # noqa: PLC0415 - the cli extra, needed only here
@@ -378,17 +375,18 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as exc:
         raise _missing_extra(exc) from None
 
-    async def read() -> _readback.Stats:
+    async def read() -> Any:
         conn = await _readback.connect(dsn)
         try:
-            return await _readback.fetch_stats(conn, dsn, args.since)
+            return await fetch(_readback, conn, dsn)
         finally:
             with contextlib.suppress(Exception):
                 await conn.close(timeout=5)
 
     with _library_logs_to_stderr():
-        stats = asyncio.run(read())
-    Console().print(_readback.render_stats(stats))
+        data = asyncio.run(read())
+    console = Console()
+    console.print(render(_readback, data, console))
     return EXIT_OK
 
 
