@@ -297,3 +297,25 @@ def test_metadata_of_any_mapping_is_stored_as_an_object() -> None:
     ):
         assert json.loads(encode_metadata(value) or "") == {"a": 1}
         assert json.loads(encode_metadata({"outer": value}) or "") == {"outer": {"a": 1}}
+
+
+async def test_drain_returns_once_what_was_taken_is_written_despite_new_events() -> None:
+    """flush() waits for what was recorded before it, not for a producer that keeps going."""
+    buffer, sink, flusher, _ = make()
+    for _ in range(50):
+        buffer.put(llm_event())
+    stop = asyncio.Event()
+
+    async def producer() -> None:
+        while not stop.is_set():
+            buffer.put(llm_event())
+            await asyncio.sleep(0)
+
+    task = asyncio.ensure_future(producer())
+    try:
+        assert await flusher.drain(5.0)
+    finally:
+        stop.set()
+        await task
+    assert len(sink.rows(schema.SPANS)) >= 50
+    assert buffer.snapshot().balances()

@@ -139,16 +139,10 @@ class Buffer:
             self._dropped_overflow += dropped + dropped_at_close
             self._dropped_at_close += dropped_at_close
 
-    def close(self) -> deque[Any]:
-        """Refuse further events (they are counted as dropped) and return what was queued."""
+    def close(self) -> None:
+        """Refuse further events (they are counted as dropped); what is queued stays."""
         with self._lock:
             self._closed = True
-        return self.take()
-
-    def reopen(self) -> None:
-        """Accept events again (a writer started anew in a forked child)."""
-        with self._lock:
-            self._closed = False
 
     def snapshot(self) -> LedgerSnapshot:
         """The counters, consistent with each other."""

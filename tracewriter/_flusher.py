@@ -238,8 +238,14 @@ class Flusher:
             await self._record_status()
             return not self.has_pending()
 
-    async def drain(self, timeout: float) -> bool:
-        """Flush repeatedly (forcing open rows out) until everything is written or time is up."""
+    async def drain(self, timeout: float, *, until_empty: bool = False) -> bool:
+        """Flush (forcing open rows out) until what was recorded before the call is written.
+
+        One forced cycle that writes everything it took is enough: events recorded after it
+        began are not waited for, so a steady producer cannot keep ``flush()`` from returning.
+        With ``until_empty`` (closing, the buffer refusing new events) it also waits until the
+        buffer is empty. Returns False if ``timeout`` runs out first.
+        """
         deadline = self._clock() + timeout
         while True:
             remaining = deadline - self._clock()
@@ -249,7 +255,7 @@ class Flusher:
                 done = await asyncio.wait_for(self.flush_once(force=True), timeout=remaining)
             except TimeoutError:
                 return False
-            if done and not len(self._buffer):
+            if done and not (until_empty and len(self._buffer)):
                 return True
             if not done:
                 pause = min(self._backoff(), deadline - self._clock())
@@ -258,7 +264,8 @@ class Flusher:
 
     def abandon(self) -> int:
         """Close the buffer and count everything not yet written as dropped at close."""
-        leftover = self._buffer.close()
+        self._buffer.close()
+        leftover = self._buffer.take()
         events = len(leftover) + len(self._unbuilt) + len(self._held)
         for fresh in (self._fresh_inserts, self._fresh_ends):
             events += sum(e.events for entries in fresh.values() for e in entries)

@@ -82,6 +82,7 @@ class PostgresSink:
         """Create the pool and check the schema is migrated; raise ConfigurationError if not."""
         cfg = self._config
         dsn = cfg.dsn
+        pool: asyncpg.Pool | None = None
         try:
             pool = await asyncpg.create_pool(
                 dsn,
@@ -95,17 +96,23 @@ class PostgresSink:
                 statement_cache_size=0 if cfg.pgbouncer else 100,
                 server_settings={"application_name": "tracewriter"},
             )
+            # Connect once now, so that a wrong host, password or database fails start() loudly.
+            conn = await pool.acquire(timeout=cfg.connect_timeout)
         except Exception as exc:
+            if pool is not None:
+                pool.terminate()
             raise ConfigurationError(
                 f"cannot connect to {redact_dsn(dsn)}: {redact_text(str(exc), dsn)}"
             ) from None
         try:
-            ok = await pool.fetchval(self._sql.check_schema, self._sql.schema)
+            ok = await conn.fetchval(self._sql.check_schema, self._sql.schema)
         except Exception as exc:
+            await pool.release(conn)
             await pool.close()
             raise ConfigurationError(
                 f"cannot read the schema at {redact_dsn(dsn)}: {redact_text(str(exc), dsn)}"
             ) from None
+        await pool.release(conn)
         if not ok:
             await pool.close()
             raise ConfigurationError(

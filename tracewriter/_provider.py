@@ -304,15 +304,20 @@ class PostgresProvider:
             _log.warning("writer_closed_unstarted", dropped=dropped)
 
     async def _shutdown(self, timeout: float) -> None:
-        """On the writer's loop: stop the timer, drain within ``timeout``, close the sink."""
+        """On the writer's loop: stop the timer, drain within ``timeout``, close the sink.
+
+        The buffer refuses new events from here on (they are counted as dropped), so a producer
+        that keeps recording cannot hold the close open until its deadline.
+        """
         deadline = time.monotonic() + timeout
+        self._buffer.close()
         self._flusher.stop()
         task = self._task
         if task is not None and task is not asyncio.current_task() and not task.done():
             done, _ = await asyncio.wait({task}, timeout=max(deadline - time.monotonic(), 0))
             if not done:
                 task.cancel()
-        drained = await self._flusher.drain(max(deadline - time.monotonic(), 0))
+        drained = await self._flusher.drain(max(deadline - time.monotonic(), 0), until_empty=True)
         dropped = self._flusher.abandon()
         if dropped or not drained:
             _log.warning("close_dropped_events", dropped=dropped, timeout=timeout)
