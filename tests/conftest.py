@@ -8,9 +8,10 @@ it, and drops it at the end, so runs never see each other's rows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import asyncpg
 import pytest
@@ -49,10 +50,12 @@ def server_dsn() -> Iterator[str]:
         yield server.dsn
 
 
+MigratedDatabase = Callable[[str], contextlib.AbstractContextManager[str]]
+
+
 @pytest.fixture(scope="session")
-def db_dsn(server_dsn: str) -> Iterator[str]:
-    """A DSN for a freshly created and migrated database, dropped when the run ends."""
-    name = f"tracewriter_test_{uuid.uuid4().hex[:12]}"
+def migrated_database(server_dsn: str) -> MigratedDatabase:
+    """``with migrated_database(prefix) as dsn``: a fresh, migrated database, dropped after."""
 
     async def admin(sql: str) -> None:
         conn = await asyncpg.connect(server_dsn)
@@ -61,13 +64,25 @@ def db_dsn(server_dsn: str) -> Iterator[str]:
         finally:
             await conn.close()
 
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    dsn = _with_database(server_dsn, name)
-    try:
-        apply_migrations(dsn)
+    @contextlib.contextmanager
+    def create(prefix: str) -> Iterator[str]:
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+        try:
+            dsn = _with_database(server_dsn, name)
+            apply_migrations(dsn)
+            yield dsn
+        finally:
+            asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+    return create
+
+
+@pytest.fixture(scope="session")
+def db_dsn(migrated_database: MigratedDatabase) -> Iterator[str]:
+    """A DSN for a freshly created and migrated database, dropped when the run ends."""
+    with migrated_database("tracewriter_test") as dsn:
         yield dsn
-    finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture

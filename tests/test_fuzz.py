@@ -21,9 +21,7 @@ from collections.abc import Iterator
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -39,7 +37,6 @@ from tracewriter._records import (
     clean_text,
     encode_metadata,
 )
-from tracewriter.migrate import apply_migrations
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -605,24 +602,10 @@ def assert_same_rows(table: str, expected: list[dict[str, Any]], got: list[dict[
 
 
 @pytest.fixture(scope="module")
-def fuzz_dsn(server_dsn: str) -> Iterator[str]:
+def fuzz_dsn(migrated_database: Any) -> Iterator[str]:
     """A migrated database of this module's own (its tests empty whole tables)."""
-    name = f"tw_fuzz_{uuid.uuid4().hex[:12]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(server_dsn)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    try:
-        dsn = urlunsplit(urlsplit(server_dsn)._replace(path="/" + name))
-        apply_migrations(dsn)
+    with migrated_database("tw_fuzz") as dsn:
         yield dsn
-    finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def run_requests(fuzz_dsn: str, strategy: st.SearchStrategy[Any], max_examples: int) -> None:

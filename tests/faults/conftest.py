@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -65,15 +67,10 @@ def clean_own_db(own_server: EmbeddedPostgres, own_db: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def fault_template(server_dsn: str) -> Iterator[str]:
+def fault_template(migrated_database: Any) -> Iterator[str]:
     """The name of a migrated database on the run's server, to copy per test."""
-    name = f"tw_fault_template_{uuid.uuid4().hex[:12]}"
-    _admin(server_dsn, f'CREATE DATABASE "{name}"')
-    try:
-        apply_migrations(with_database(server_dsn, name))
-        yield name
-    finally:
-        _admin(server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with migrated_database("tw_fault_template") as dsn:
+        yield urlsplit(dsn).path.lstrip("/")
 
 
 @pytest.fixture
