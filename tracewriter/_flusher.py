@@ -49,7 +49,6 @@ __all__ = ["Flusher", "FlusherSettings", "FlusherStats"]
 _log = get_logger("flusher")
 
 _STARTS: Final = frozenset({EventKind.SPAN_START, EventKind.TRACE_START})
-_ENDS: Final = frozenset({EventKind.SPAN_END, EventKind.TRACE_END})
 # Work done between yields to the event loop the flusher shares with the application: about
 # 1 ms each at ~8 µs an event built and ~2 µs a row rolled up.
 _BUILD_CHUNK: Final = 128
@@ -90,8 +89,6 @@ class FlusherStats:
     consecutive_failures: int = 0
     internal_errors: int = 0
     held_open: int = 0
-    pending_dead_letters: int = 0
-    pending_metric_batches: int = 0
 
 
 @dataclass(slots=True)
@@ -165,8 +162,6 @@ class Flusher:
     def stats(self) -> FlusherStats:
         """Counters of flushes, retries and errors (a live object; copy before sharing)."""
         self._stats.held_open = len(self._held)
-        self._stats.pending_dead_letters = len(self._dead_letters)
-        self._stats.pending_metric_batches = len(self._metric_batches)
         return self._stats
 
     def has_pending(self) -> bool:
@@ -335,7 +330,9 @@ class Flusher:
             if earlier is not None:  # the same span started twice: keep both facts
                 inserts.append(_Entry(earlier.row, 1))
             self._held[key] = _Held(table, row, now)
-        elif kind in _ENDS:  # its start is not held (written open already, or never seen)
+        elif (
+            end_table(kind) is not None
+        ):  # its start is not held (written open already, or never seen)
             self._fresh_ends.setdefault(table, []).append(_Entry(row, 1))
         else:
             inserts.append(_Entry(row, 1))

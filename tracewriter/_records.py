@@ -37,6 +37,7 @@ __all__ = [
     "encode_metadata",
     "end_table",
     "sanitize_json",
+    "timestamp_from_ns",
 ]
 
 Row = tuple[Any, ...]

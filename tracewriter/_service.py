@@ -9,7 +9,6 @@ application's own code inside ``span()`` propagate unchanged.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import threading
 from collections import Counter
@@ -30,7 +29,7 @@ from tracewriter._context import (
 from tracewriter._ids import new_span_id
 from tracewriter._logging import RateLimitedLog, get_logger
 from tracewriter._provider import PostgresProvider, Provider, WriterStats
-from tracewriter._records import Event, EventKind, clean_text
+from tracewriter._records import Event, EventKind, clean_text, timestamp_from_ns
 from tracewriter.errors import ConfigurationError
 
 __all__ = ["ObservabilityService", "get_instance", "reset_instance"]
@@ -64,10 +63,6 @@ def _ns_of(timestamp: _dt.datetime | None) -> int:
     if timestamp.tzinfo is None:
         timestamp = timestamp.replace(tzinfo=_dt.UTC)
     return ((timestamp - _EPOCH) // _MICROSECOND) * 1000
-
-
-def _datetime_of(ns: int) -> _dt.datetime:
-    return _EPOCH + _dt.timedelta(microseconds=ns // 1000)
 
 
 class _SpanScope:
@@ -115,7 +110,7 @@ class _SpanScope:
                 parent.user_id,
                 parent.session_id,
                 parent.kb_id,
-                _datetime_of(self._start_ns),
+                timestamp_from_ns(self._start_ns),
                 self._mono,
             )
             self._child = child
@@ -157,9 +152,7 @@ class _SpanScope:
             self._svc._internal_error("span_exit", err)
         finally:
             if self._token is not None:
-                # Exited in another context than entered (ValueError): leave that one be.
-                with contextlib.suppress(ValueError):
-                    reset_context(self._token)
+                reset_context(self._token)  # never raises, even from another context
                 self._token = None
         # Returning None lets the application's exception propagate unchanged.
 
