@@ -1,4 +1,5 @@
-"""The database goes away under a running writer: a private embedded server stopped and started."""
+"""The database goes away under a running writer: a private embedded server stopped and started,
+and the network to the run's own server (TimescaleDB in that CI pass) cut and restored."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from tracewriter._records import Event
 from tracewriter.embedded import EmbeddedPostgres
 
 from . import Workload, assert_exactly_once, assert_settled, connect, wait_for
+from ._proxy import Proxy
 
 OUTAGE_SECONDS = 10.0
 
@@ -69,6 +71,48 @@ async def test_server_stopped_for_ten_seconds_mid_load_loses_and_duplicates_noth
     assert_settled(stats)
     assert stats.written == work.expected_events() and stats.internal_errors == 0
     async with connect(clean_own_db) as conn:
+        await assert_exactly_once(conn, work)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+async def test_network_to_the_runs_server_cut_for_five_seconds_loses_and_duplicates_nothing(
+    fault_db: str,
+) -> None:
+    """With every connection to the run's server dropped and refused for 5 s under load, no
+    recording call raises and every accepted event is in the database exactly once."""
+    proxy = Proxy.for_dsn(fault_db)
+    await proxy.start()
+    svc = service(proxy.dsn(fault_db))
+    await svc.start()
+    work = Workload(svc)
+    stop = asyncio.Event()
+    load = asyncio.create_task(work.run(stop))
+    try:
+
+        async def writing() -> bool:
+            return work.stats().written > 500
+
+        assert await wait_for(writing, timeout=15)
+        await proxy.cut()
+        done, _ = await asyncio.wait({load}, timeout=OUTAGE_SECONDS / 2)
+        assert not done, load.exception()
+        during = work.stats()
+        assert during.consecutive_failures > 0 and during.retries > 0
+        assert during.buffered + during.in_flight > 0
+        await proxy.restore()
+        done, _ = await asyncio.wait({load}, timeout=1.0)
+        assert not done, load.exception()
+    finally:
+        stop.set()
+        await load
+    assert await svc.flush(timeout=60)
+    stats = work.stats()
+    await svc.close()
+    await proxy.close()
+    assert_settled(stats)
+    assert stats.written == work.expected_events() and stats.internal_errors == 0
+    async with connect(fault_db) as conn:
         await assert_exactly_once(conn, work)
 
 
