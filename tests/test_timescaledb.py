@@ -24,7 +24,6 @@ from tracewriter._config import WriterConfig
 from tracewriter._pgsink import PostgresSink
 from tracewriter.migrate import apply_migrations, migration_ids
 
-
 HYPERTABLES = {
     "traces": timedelta(days=1),
     "spans": timedelta(days=1),
