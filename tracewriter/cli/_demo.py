@@ -724,7 +724,7 @@ async def run_demo(
     rng = random.Random(seed)
     wall_start = _dt.datetime.now(_dt.UTC)
 
-    svc = ObservabilityService(dsn, thread_mode=thread_mode, schema="observability")
+    svc = ObservabilityService(dsn, thread_mode=thread_mode)
     await svc.start()
     rec = _Recorder(svc)
     sim = _Simulation(
