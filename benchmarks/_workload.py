@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
-from tracewriter import Event, EventKind, ObservabilityService
+from tracewriter import Event, EventKind, ObservabilityService, Provider
 from tracewriter._records import build
 from tracewriter._schema import SPAN_COLUMNS, SPANS
 
@@ -91,7 +91,7 @@ def trace_sync(svc: ObservabilityService, i: int) -> None:
     svc.end_trace(ctx)
 
 
-class CaptureProvider:
+class CaptureProvider(Provider):
     """A provider that keeps every event it is given (to build the baselines' rows)."""
 
     name = "capture"

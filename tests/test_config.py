@@ -36,7 +36,6 @@ def test_defaults_are_valid() -> None:
     assert config.max_batch_rows == 5000
     assert config.max_buffer_rows == 100_000
     assert config.pool_size == 4
-    assert config.schema == "observability"
     assert config.thread_mode is False
     assert config.pgbouncer is False
 
@@ -74,7 +73,6 @@ def test_from_env_reads_every_field_type() -> None:
         "TRACEWRITER_POOL_SIZE": " 2 ",
         "TRACEWRITER_OPEN_ROW_GRACE": "0",
         "TRACEWRITER_THREAD_MODE": "yes",
-        "TRACEWRITER_SCHEMA": "obs_2",
         "TRACEWRITER_PGBOUNCER": "On",
         "TRACEWRITER_CONNECT_TIMEOUT": "3",
         "TRACEWRITER_COMMAND_TIMEOUT": "1e1",
@@ -97,7 +95,6 @@ def test_from_env_reads_every_field_type() -> None:
         pool_size=2,
         open_row_grace=0.0,
         thread_mode=True,
-        schema="obs_2",
         pgbouncer=True,
         connect_timeout=3.0,
         command_timeout=10.0,
@@ -192,10 +189,6 @@ def test_unknown_override_is_rejected_by_name() -> None:
         ("open_row_grace", "-0.1"),
         ("thread_mode", "maybe"),
         ("thread_mode", "2"),
-        ("schema", "Observability"),
-        ("schema", "obs-schema"),
-        ("schema", "1obs"),
-        ("schema", "x" * 64),
         ("pgbouncer", "enabled"),
         ("connect_timeout", "0"),
         ("command_timeout", "-5"),
@@ -260,10 +253,6 @@ INVALID_VALUES: list[tuple[str, Any]] = [
     ("open_row_grace", -1),
     ("thread_mode", 1),
     ("thread_mode", "true"),
-    ("schema", "Obs"),
-    ("schema", 'obs"; drop table x; --'),
-    ("schema", ""),
-    ("schema", None),
     ("pgbouncer", None),
     ("connect_timeout", 0),
     ("command_timeout", float("inf")),

@@ -11,7 +11,7 @@ import pytest
 import structlog
 
 import tracewriter._records as records_module
-from tracewriter import ObservabilityService, TraceContext, current_context
+from tracewriter import ObservabilityService, Provider, TraceContext, current_context
 from tracewriter._records import Event
 
 pytestmark = pytest.mark.timeout(120)
@@ -21,7 +21,7 @@ class Retriever(Exception):
     """An application error raised inside a span."""
 
 
-class RecordingProvider:
+class RecordingProvider(Provider):
     """A second provider that keeps what it receives."""
 
     name = "recording"
@@ -33,7 +33,7 @@ class RecordingProvider:
         self.events.append(event)
 
 
-class BrokenProvider:
+class BrokenProvider(Provider):
     """A provider that fails on every call."""
 
     name = "broken"

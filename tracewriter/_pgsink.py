@@ -70,7 +70,7 @@ class PostgresSink:
         if not config.dsn:
             raise ConfigurationError("dsn: a PostgreSQL DSN is required (or TRACEWRITER_DSN)")
         self._config = config
-        self._sql = Statements.for_schema(config.schema)
+        self._sql = Statements.build()
         self._pool: asyncpg.Pool | None = None
 
     def __repr__(self) -> str:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import datetime as _dt
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from functools import partial
 from time import monotonic, time_ns
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from tracewriter._config import WriterConfig, redact_dsn, redact_text
 from tracewriter._context import (
@@ -28,13 +28,14 @@ from tracewriter._context import (
 )
 from tracewriter._ids import new_span_id
 from tracewriter._logging import RateLimitedLog, get_logger
-from tracewriter._provider import PostgresProvider, Provider, WriterStats
+from tracewriter._provider import LoopThread, PostgresProvider, Provider, WriterStats
 from tracewriter._records import Event, EventKind, clean_text, timestamp_from_ns
 from tracewriter.errors import ConfigurationError
 
 __all__ = ["ObservabilityService", "get_instance", "reset_instance"]
 
 _log = get_logger("service")
+_T = TypeVar("_T")
 _EPOCH: Final = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
 _MICROSECOND: Final = _dt.timedelta(microseconds=1)
 
@@ -179,7 +180,8 @@ class ObservabilityService:
     :class:`~tracewriter.errors.ConfigurationError` here, naming the setting.
 
     Use ``await start()`` / ``await close()`` or ``async with``; in ``thread_mode`` also
-    ``start_sync()`` / ``close_sync()`` or plain ``with``, from code with no event loop.
+    ``start_sync()`` / ``close_sync()`` or plain ``with``, from code with no event loop. Either
+    way every provider is started, flushed and closed.
     """
 
     def __init__(
@@ -201,8 +203,12 @@ class ObservabilityService:
         )
         chain: list[Provider] = [self.postgres] if self.postgres is not None else []
         for provider in providers:
-            if not callable(getattr(provider, "record", None)):
-                raise ConfigurationError(f"providers: {provider!r} has no record(event) method")
+            if not isinstance(provider, Provider):
+                raise ConfigurationError(
+                    f"providers: {provider!r} is not a tracewriter.Provider (subclass it for "
+                    "the lifecycle defaults, or define name, record, reject, start, flush and "
+                    "close)"
+                )
             chain.append(provider)
         self._providers: tuple[Provider, ...] = tuple(chain)
         # With PostgreSQL the only provider (the usual case) events go straight to it: no loop,
@@ -219,9 +225,12 @@ class ObservabilityService:
         self.rejected = 0
         self._rejected_log = RateLimitedLog(_log, "event_rejected")
         self._internal_log = RateLimitedLog(_log, "recording_failed", level="error")
+        # Where the synchronous lifecycle runs the providers' coroutines: one loop for all
+        # three calls, so what a provider binds to its loop in start() still works in close().
+        self._sync_loop: LoopThread | None = None
 
     def __repr__(self) -> str:
-        names = [getattr(p, "name", type(p).__name__) for p in self._providers]
+        names = [p.name for p in self._providers]
         return f"ObservabilityService(dsn={redact_dsn(self.config.dsn)!r}, providers={names})"
 
     # --- fan-out ------------------------------------------------------------------------------
@@ -234,7 +243,7 @@ class ObservabilityService:
                 self._provider_failed(provider, exc)
 
     def _provider_failed(self, provider: Provider, exc: BaseException) -> None:
-        name = str(getattr(provider, "name", type(provider).__name__))
+        name = str(provider.name)
         self.provider_failures[name] += 1
         log = self._failure_logs.get(name)
         if log is None:
@@ -252,12 +261,10 @@ class ObservabilityService:
     def _reject(self, reason: str, **context: Any) -> None:
         self.rejected += 1
         for provider in self._providers:
-            reject = getattr(provider, "reject", None)
-            if reject is not None:
-                try:
-                    reject()
-                except Exception as exc:
-                    self._provider_failed(provider, exc)
+            try:
+                provider.reject()
+            except Exception as exc:
+                self._provider_failed(provider, exc)
         self._rejected_log.hit(reason=reason, **context)
 
     # --- recording: plain methods, never raise, never wait ----------------------------------
@@ -425,48 +432,59 @@ class ObservabilityService:
     async def start(self) -> None:
         """Start every provider; a configuration problem (DSN, password, schema) raises here."""
         for provider in self._providers:
-            start = getattr(provider, "start", None)
-            if start is not None:
-                await start()
-
-    def start_sync(self) -> None:
-        """Start from code with no event loop (requires ``thread_mode`` for PostgreSQL)."""
-        if self.postgres is not None:
-            if not self.config.thread_mode:
-                raise ConfigurationError("thread_mode: start_sync() needs thread_mode=True")
-            self.postgres.start_sync()
+            await provider.start()
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Write everything recorded so far; True if every provider finished in time."""
         ok = True
         for provider in self._providers:
-            flush = getattr(provider, "flush", None)
-            if flush is not None:
-                try:
-                    ok = bool(await flush(timeout)) and ok
-                except Exception as exc:
-                    self._provider_failed(provider, exc)
-                    ok = False
+            try:
+                ok = bool(await provider.flush(timeout)) and ok
+            except Exception as exc:
+                self._provider_failed(provider, exc)
+                ok = False
         return ok
-
-    def flush_sync(self, timeout: float | None = None) -> bool:
-        """:meth:`flush` from code with no event loop (thread mode)."""
-        return self.postgres.flush_sync(timeout) if self.postgres is not None else True
 
     async def close(self, timeout: float | None = None) -> None:
         """Flush within ``timeout`` and close every provider; never raises for a provider."""
         for provider in self._providers:
-            close = getattr(provider, "close", None)
-            if close is not None:
-                try:
-                    await close(timeout)
-                except Exception as exc:
-                    self._provider_failed(provider, exc)
+            try:
+                await provider.close(timeout)
+            except Exception as exc:
+                self._provider_failed(provider, exc)
+
+    # The synchronous lifecycle runs the methods above on a loop of its own thread.
+
+    def start_sync(self) -> None:
+        """:meth:`start` from code with no event loop (requires ``thread_mode`` for PostgreSQL)."""
+        if self.postgres is not None and not self.config.thread_mode:
+            raise ConfigurationError("thread_mode: start_sync() needs thread_mode=True")
+        self._sync_run(self.start())
+
+    def flush_sync(self, timeout: float | None = None) -> bool:
+        """:meth:`flush` from code with no event loop (thread mode)."""
+        if self._would_deadlock("flush_sync"):
+            return False
+        return self._sync_run(self.flush(timeout))
 
     def close_sync(self, timeout: float | None = None) -> None:
         """:meth:`close` from code with no event loop (thread mode)."""
-        if self.postgres is not None:
-            self.postgres.close_sync(timeout)
+        if self._would_deadlock("close_sync"):
+            return
+        try:
+            self._sync_run(self.close(timeout))
+        finally:
+            if self._sync_loop is not None:
+                self._sync_loop.stop()
+                self._sync_loop = None
+
+    def _sync_run(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        if self._sync_loop is None or not self._sync_loop.alive:  # first use, or after a fork
+            self._sync_loop = LoopThread("tracewriter-lifecycle")
+        return self._sync_loop.call(coro)
+
+    def _would_deadlock(self, call: str) -> bool:
+        return self.postgres is not None and self.postgres.sync_call_would_deadlock(call)
 
     def stats(self) -> WriterStats | None:
         """The PostgreSQL writer's counters (None without a DSN)."""

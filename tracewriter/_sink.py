@@ -85,6 +85,15 @@ class Sink(Protocol):
     async def close(self, timeout: float) -> None:
         """Release connections within ``timeout`` seconds."""
 
+    def forget(self) -> object:
+        """Drop every connection without touching it, and return what holds them.
+
+        For a forked child (the connections are the parent's) and for a writer whose event loop
+        has ended (its connections cannot be closed any more). The caller keeps the returned
+        object referenced, so that no finaliser ever runs on those sockets; :meth:`open` may
+        be called again afterwards. A sink without connections returns None.
+        """
+
     async def copy_rows(self, table: str, rows: Sequence[Row], *, dedupe: bool) -> None:
         """Append new rows; with ``dedupe`` rows whose (id, timestamp) exist are skipped."""
 

@@ -1,22 +1,21 @@
 """Every SQL statement the writer runs, as named templates.
 
 Owns the SQL text. Statements are built once per sink from the column layout in ``_schema`` and
-the configured schema name, which is validated and quoted here; nothing from a caller's events
-is ever put into SQL text — values travel only as bind parameters or COPY data.
+the one schema the migrations create; nothing from a caller's events or the configuration is
+ever put into SQL text — values travel only as bind parameters or COPY data.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Final
 
 from tracewriter import _schema as schema
-from tracewriter.errors import ConfigurationError
 
-__all__ = ["Statements", "quote_ident"]
+__all__ = ["SCHEMA", "Statements"]
 
-_IDENT: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# The schema sql/0001.schema.sql creates; the migrations, roles and read-back name it too.
+SCHEMA: Final = "observability"
 
 # Types of the columns the writer supplies, for the unnest() casts of array parameters.
 _TYPES: Final[dict[str, str]] = {
@@ -37,13 +36,6 @@ _TYPES: Final[dict[str, str]] = {
     # histograms travel as their text form: unnest() would flatten a 2-D bigint array
     "histogram": "text",
 }
-
-
-def quote_ident(name: str) -> str:
-    """Validate a configured identifier (lower-case, <= 63 chars) and quote it."""
-    if not _IDENT.match(name):
-        raise ConfigurationError(f"schema: {name!r} is not a valid lower-case SQL identifier")
-    return f'"{name}"'
 
 
 def _cols(columns: tuple[str, ...]) -> str:
@@ -88,7 +80,7 @@ def _metrics_upsert(qschema: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Statements:
-    """The statements for one schema. Build with :meth:`for_schema`."""
+    """The writer's statements. Build with :meth:`build`."""
 
     schema: str
     check_schema: str
@@ -102,11 +94,11 @@ class Statements:
     stage_insert: dict[str, str]
 
     @classmethod
-    def for_schema(cls, name: str) -> Statements:
-        """Statements for the observability tables in schema ``name``."""
-        q = quote_ident(name)
+    def build(cls) -> Statements:
+        """Statements for the observability tables in :data:`SCHEMA`."""
+        q = f'"{SCHEMA}"'
         return cls(
-            schema=name,
+            schema=SCHEMA,
             check_schema=(
                 "SELECT to_regclass($1 || '.spans') IS NOT NULL "
                 "AND to_regclass($1 || '.applied_batches') IS NOT NULL"

@@ -1,10 +1,12 @@
 """The ``tracewriter`` command line: one subcommand per function, dispatched by :func:`main`.
 
 Owns argument parsing, where the DSN comes from (``--dsn`` or ``TRACEWRITER_DSN``; the demo
-falls back to an embedded server) and turning expected errors into a one-line message and an
-exit status. The work itself belongs to the library modules each subcommand calls. The
-subcommands that print with ``rich`` (``demo``, ``trace``, ``stats``) import their modules when
-they run, so ``migrate`` works without the ``cli`` extra.
+falls back to an embedded server), the output format and turning expected errors into a
+one-line message and an exit status. The work itself belongs to the modules each subcommand
+calls: :mod:`tracewriter.migrate`, :mod:`tracewriter.cli._query` (read-back as plain data),
+:mod:`tracewriter.cli._render` and :mod:`tracewriter.cli._demo`. What prints with ``rich``
+(``demo``, and ``trace`` / ``stats`` as text) is imported when it runs, so ``migrate`` and
+``--format json`` work without the ``cli`` extra.
 
 To add a subcommand, write ``_add_<name>(subparsers)`` that registers its parser with
 ``set_defaults(handler=_cmd_<name>)``, write ``_cmd_<name>(args) -> int``, and list the adder in
@@ -17,17 +19,20 @@ import argparse
 import asyncio
 import contextlib
 import datetime as _dt
+import json
 import math
 import os
 import re
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
+import asyncpg
 import structlog
 
 from tracewriter import migrate
 from tracewriter._config import redact_dsn
+from tracewriter.cli import _query
 from tracewriter.errors import ConfigurationError, TracewriterError
 
 if TYPE_CHECKING:
@@ -42,6 +47,7 @@ EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
 
 _Subparsers = Any  # argparse's _SubParsersAction is private
+_Data = TypeVar("_Data", _query.TraceTree, _query.Stats)
 
 
 class _UsageError(Exception):
@@ -216,7 +222,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     try:
         from rich.console import Console  # noqa: PLC0415 - the cli extra, needed only here
 
-        from tracewriter import _demo  # noqa: PLC0415
+        from tracewriter.cli import _demo  # noqa: PLC0415
     except ModuleNotFoundError as exc:
         raise _missing_extra(exc) from None
     console = Console()
@@ -305,14 +311,18 @@ def _add_trace(subparsers: _Subparsers) -> None:
     )
     parser.add_argument("trace_id", type=_trace_id, metavar="TRACE_ID", help="32 hex digits")
     _add_dsn_option(parser)
+    _add_format_option(parser)
     parser.set_defaults(handler=_cmd_trace)
 
 
 def _cmd_trace(args: argparse.Namespace) -> int:
+    def render(tree: _query.TraceTree, console: Console) -> Any:
+        from tracewriter.cli._render import render_trace  # noqa: PLC0415 - needs rich
+
+        return render_trace(tree, width=console.width)
+
     return _read_and_print(
-        args,
-        lambda readback, conn, dsn: readback.fetch_trace(conn, dsn, args.trace_id),
-        lambda readback, tree, console: readback.render_trace(tree, width=console.width),
+        args, lambda conn, dsn: _query.fetch_trace(conn, dsn, args.trace_id), render
     )
 
 
@@ -350,43 +360,65 @@ def _add_stats(subparsers: _Subparsers) -> None:
         help="how far back: 90s, 15m, 1h, 1h30m, 7d... (default: 1h)",
     )  # fmt: skip
     _add_dsn_option(parser)
+    _add_format_option(parser)
     parser.set_defaults(handler=_cmd_stats)
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
+    def render(stats: _query.Stats, console: Console) -> Any:
+        from tracewriter.cli._render import render_stats  # noqa: PLC0415 - needs rich
+
+        return render_stats(stats)
+
     return _read_and_print(
-        args,
-        lambda readback, conn, dsn: readback.fetch_stats(conn, dsn, args.since),
-        lambda readback, stats, console: readback.render_stats(stats),
+        args, lambda conn, dsn: _query.fetch_stats(conn, dsn, args.since), render
+    )
+
+
+# --- what the read commands share ----------------------------------------------------------------
+
+
+def _add_format_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="text: tables and trees for a terminal (needs the cli extra); json: the same data "
+        "as one JSON document on stdout, for scripts (default: %(default)s)",
     )
 
 
 def _read_and_print(
     args: argparse.Namespace,
-    fetch: Callable[[Any, Any, str], Awaitable[Any]],
-    render: Callable[[Any, Any, Any], Any],
+    fetch: Callable[[asyncpg.Connection, str], Awaitable[_Data]],
+    render: Callable[[_Data, Console], Any],
 ) -> int:
-    """Connect, fetch(readback, conn, dsn), close; print render(readback, data, console)."""
+    """Connect, ``fetch(conn, dsn)``, close; print the data as JSON or ``render(data, console)``."""
     dsn = _require_dsn(args)
-    try:
-        from rich.console import Console  # noqa: PLC0415 - the cli extra, needed only here
-
-        from tracewriter import _readback  # noqa: PLC0415
-    except ModuleNotFoundError as exc:
-        raise _missing_extra(exc) from None
-
-    async def read() -> Any:
-        conn = await _readback.connect(dsn)
+    console: Console | None = None
+    if args.format == "text":  # before connecting: a missing extra is said before any wait
         try:
-            return await fetch(_readback, conn, dsn)
+            from rich.console import Console  # noqa: PLC0415 - the cli extra, needed only here
+
+            import tracewriter.cli._render  # noqa: F401, PLC0415
+        except ModuleNotFoundError as exc:
+            raise _missing_extra(exc) from None
+        console = Console()
+
+    async def read() -> _Data:
+        conn = await _query.connect(dsn)
+        try:
+            return await fetch(conn, dsn)
         finally:
             with contextlib.suppress(Exception):
                 await conn.close(timeout=5)
 
     with _library_logs_to_stderr():
         data = asyncio.run(read())
-    console = Console()
-    console.print(render(_readback, data, console))
+    if console is None:
+        print(json.dumps(_query.as_json(data), indent=2, ensure_ascii=False))
+    else:
+        console.print(render(data, console))
     return EXIT_OK
 
 
@@ -478,7 +510,3 @@ _SUBCOMMANDS: Final[tuple[Callable[[_Subparsers], None], ...]] = (
     _add_trace,
     _add_stats,
 )
-
-
-if __name__ == "__main__":
-    sys.exit(main())
