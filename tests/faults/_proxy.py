@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 
 class Proxy:
     """Forwards 127.0.0.1:<port> to ``host:port`` until :meth:`cut`; :meth:`restore` reopens."""
 
     def __init__(self, host: str, port: int) -> None:
+        # A host that is a directory is libpq's way of naming a Unix socket (the embedded server).
+        self._socket = f"{host}/.s.PGSQL.{port}" if host.startswith("/") else None
         self._target = (host, port)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -25,16 +27,19 @@ class Proxy:
 
     @classmethod
     def for_dsn(cls, dsn: str) -> Proxy:
-        """A proxy to the host and port of the URI ``dsn``."""
+        """A proxy to the server of the URI ``dsn`` (TCP, or a ``?host=/dir`` Unix socket)."""
         parts = urlsplit(dsn)
-        return cls(parts.hostname or "127.0.0.1", parts.port or 5432)
+        query = dict(parse_qsl(parts.query))
+        host = query.get("host") or parts.hostname or "127.0.0.1"
+        return cls(host, int(query.get("port") or parts.port or 5432))
 
     def dsn(self, dsn: str) -> str:
-        """``dsn`` with its host and port replaced by the proxy's."""
+        """``dsn`` reaching its server through the proxy, over TCP."""
         parts = urlsplit(dsn)
+        query = [(k, v) for k, v in parse_qsl(parts.query) if k not in ("host", "port")]
         credentials = parts.netloc.rpartition("@")[0]
         netloc = f"{credentials}@127.0.0.1:{self.port}" if credentials else f"127.0.0.1:{self.port}"
-        return urlunsplit(parts._replace(netloc=netloc))
+        return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query)))
 
     async def start(self) -> None:
         """Listen (on a fresh port the first time, the same port after a cut)."""
@@ -64,7 +69,10 @@ class Proxy:
 
     async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         try:
-            server_r, server_w = await asyncio.open_connection(*self._target)
+            if self._socket is not None:
+                server_r, server_w = await asyncio.open_unix_connection(self._socket)
+            else:
+                server_r, server_w = await asyncio.open_connection(*self._target)
         except OSError:
             client_w.transport.abort()
             return
