@@ -3,5 +3,6 @@
 
 DROP FUNCTION observability.add_compression_policy(interval);
 DROP FUNCTION observability.add_retention_policy(interval);
+DROP FUNCTION observability._add_policies(text, text, interval);
 DROP FUNCTION observability._timescale_feature(text);
 DROP FUNCTION observability.timescaledb_license();

@@ -57,30 +57,45 @@ BEGIN
 END
 $fn$;
 
-CREATE FUNCTION observability.add_retention_policy(p_drop_after interval)
+-- Adds the TimescaleDB policy p_function (add_retention_policy or add_compression_policy) with
+-- its interval argument p_argument to every time-partitioned table; returns how many tables.
+CREATE FUNCTION observability._add_policies(p_function text, p_argument text, p_after interval)
 RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
-    v_schema name := observability._timescale_feature('add_retention_policy');
+    v_schema name := observability._timescale_feature(p_function);
     v_table text;
     v_added integer := 0;
 BEGIN
-    IF p_drop_after IS NULL OR p_drop_after <= interval '0' THEN
-        RAISE EXCEPTION 'add_retention_policy: interval must be > 0, got %', p_drop_after
+    IF p_after IS NULL OR p_after <= interval '0' THEN
+        RAISE EXCEPTION '%: interval must be > 0, got %', p_function, p_after
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     FOREACH v_table IN ARRAY
         ARRAY['traces', 'spans', 'document_events', 'chat_messages', 'metrics_aggregates']
     LOOP
-        EXECUTE format('SELECT %I.add_retention_policy(%L::regclass, drop_after => $1, '
-                       'if_not_exists => true)', v_schema, 'observability.' || v_table)
-            USING p_drop_after;
+        IF p_function = 'add_compression_policy' THEN
+            -- Ordered by time within a chunk: what trace stores read back (newest first).
+            EXECUTE format('ALTER TABLE observability.%I SET (timescaledb.compress, '
+                           'timescaledb.compress_orderby = %L)', v_table, '"timestamp" DESC');
+        END IF;
+        EXECUTE format('SELECT %I.%I(%L::regclass, %I => $1, if_not_exists => true)',
+                       v_schema, p_function, 'observability.' || v_table, p_argument)
+            USING p_after;
         v_added := v_added + 1;
     END LOOP;
     RETURN v_added;
 END
+$fn$;
+
+CREATE FUNCTION observability.add_retention_policy(p_drop_after interval)
+RETURNS integer
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT observability._add_policies('add_retention_policy', 'drop_after', p_drop_after)
 $fn$;
 
 COMMENT ON FUNCTION observability.add_retention_policy(interval) IS
@@ -89,31 +104,10 @@ COMMENT ON FUNCTION observability.add_retention_policy(interval) IS
 
 CREATE FUNCTION observability.add_compression_policy(p_compress_after interval)
 RETURNS integer
-LANGUAGE plpgsql
+LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 AS $fn$
-DECLARE
-    v_schema name := observability._timescale_feature('add_compression_policy');
-    v_table text;
-    v_added integer := 0;
-BEGIN
-    IF p_compress_after IS NULL OR p_compress_after <= interval '0' THEN
-        RAISE EXCEPTION 'add_compression_policy: interval must be > 0, got %', p_compress_after
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    FOREACH v_table IN ARRAY
-        ARRAY['traces', 'spans', 'document_events', 'chat_messages', 'metrics_aggregates']
-    LOOP
-        -- Ordered by time within a chunk: what trace stores read back (newest first).
-        EXECUTE format('ALTER TABLE observability.%I SET (timescaledb.compress, '
-                       'timescaledb.compress_orderby = %L)', v_table, '"timestamp" DESC');
-        EXECUTE format('SELECT %I.add_compression_policy(%L::regclass, compress_after => $1, '
-                       'if_not_exists => true)', v_schema, 'observability.' || v_table)
-            USING p_compress_after;
-        v_added := v_added + 1;
-    END LOOP;
-    RETURN v_added;
-END
+    SELECT observability._add_policies('add_compression_policy', 'compress_after', p_compress_after)
 $fn$;
 
 COMMENT ON FUNCTION observability.add_compression_policy(interval) IS
@@ -122,4 +116,5 @@ COMMENT ON FUNCTION observability.add_compression_policy(interval) IS
 
 REVOKE EXECUTE ON FUNCTION observability.add_retention_policy(interval) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION observability.add_compression_policy(interval) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION observability._add_policies(text, text, interval) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION observability._timescale_feature(text) FROM PUBLIC;

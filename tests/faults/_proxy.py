@@ -57,8 +57,9 @@ class Proxy:
         self._writers.clear()
 
     async def restore(self) -> None:
-        """Accept connections again, on the same port."""
-        await self.start()
+        """Accept connections again, on the same port (nothing to do if it does)."""
+        if self._server is None:
+            await self.start()
 
     async def close(self) -> None:
         """Cut, and wait for every forwarding task to finish."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 import psutil
 import pytest
@@ -33,14 +34,17 @@ def service(dsn: str, **kw: object) -> ObservabilityService:
     return ObservabilityService(dsn, **options)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(90)
-async def test_server_stopped_for_ten_seconds_mid_load_loses_and_duplicates_nothing(
-    own_server: EmbeddedPostgres, clean_own_db: str
+async def outage_under_load(
+    dsn: str,
+    check_dsn: str,
+    take_away: Callable[[], Awaitable[None]],
+    bring_back: Callable[[], Awaitable[None]],
+    seconds: float,
 ) -> None:
-    """With the server stopped for 10 s under load and started again, no recording call raises
-    and every accepted event is in the database exactly once."""
-    svc = service(clean_own_db)
+    """Run the workload through a writer on ``dsn``, take the database away for ``seconds``
+    under load, bring it back, and check that no recording call raised, that the rows waited
+    in the buffer, and that every accepted event reached ``check_dsn`` exactly once."""
+    svc = service(dsn)
     await svc.start()
     work = Workload(svc)
     stop = asyncio.Event()
@@ -51,27 +55,44 @@ async def test_server_stopped_for_ten_seconds_mid_load_loses_and_duplicates_noth
             return work.stats().written > 500
 
         assert await wait_for(writing, timeout=15)
-        await asyncio.to_thread(own_server.stop)
+        await take_away()
         # The load keeps running through the outage; it finishing early means it raised.
-        done, _ = await asyncio.wait({load}, timeout=OUTAGE_SECONDS)
+        done, _ = await asyncio.wait({load}, timeout=seconds)
         assert not done, load.exception()
         during = work.stats()
         assert during.consecutive_failures > 0 and during.retries > 0
         assert during.buffered + during.in_flight > 0  # kept, waiting for the server
-        await asyncio.to_thread(own_server.start)
+        await bring_back()
         done, _ = await asyncio.wait({load}, timeout=1.0)
         assert not done, load.exception()
     finally:
         stop.set()
         await load
-        own_server.start()
+        await bring_back()
     assert await svc.flush(timeout=60)
     stats = work.stats()
     await svc.close()
     assert_settled(stats)
     assert stats.written == work.expected_events() and stats.internal_errors == 0
-    async with connect(clean_own_db) as conn:
+    async with connect(check_dsn) as conn:
         await assert_exactly_once(conn, work)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+async def test_server_stopped_for_ten_seconds_mid_load_loses_and_duplicates_nothing(
+    own_server: EmbeddedPostgres, clean_own_db: str
+) -> None:
+    """With the server stopped for 10 s under load and started again, no recording call raises
+    and every accepted event is in the database exactly once."""
+
+    async def stop() -> None:
+        await asyncio.to_thread(own_server.stop)
+
+    async def start() -> None:
+        await asyncio.to_thread(own_server.start)  # a no-op when it is running
+
+    await outage_under_load(clean_own_db, clean_own_db, stop, start, OUTAGE_SECONDS)
 
 
 @pytest.mark.slow
@@ -83,37 +104,12 @@ async def test_network_to_the_runs_server_cut_for_five_seconds_loses_and_duplica
     recording call raises and every accepted event is in the database exactly once."""
     proxy = Proxy.for_dsn(fault_db)
     await proxy.start()
-    svc = service(proxy.dsn(fault_db))
-    await svc.start()
-    work = Workload(svc)
-    stop = asyncio.Event()
-    load = asyncio.create_task(work.run(stop))
     try:
-
-        async def writing() -> bool:
-            return work.stats().written > 500
-
-        assert await wait_for(writing, timeout=15)
-        await proxy.cut()
-        done, _ = await asyncio.wait({load}, timeout=OUTAGE_SECONDS / 2)
-        assert not done, load.exception()
-        during = work.stats()
-        assert during.consecutive_failures > 0 and during.retries > 0
-        assert during.buffered + during.in_flight > 0
-        await proxy.restore()
-        done, _ = await asyncio.wait({load}, timeout=1.0)
-        assert not done, load.exception()
+        await outage_under_load(
+            proxy.dsn(fault_db), fault_db, proxy.cut, proxy.restore, OUTAGE_SECONDS / 2
+        )
     finally:
-        stop.set()
-        await load
-    assert await svc.flush(timeout=60)
-    stats = work.stats()
-    await svc.close()
-    await proxy.close()
-    assert_settled(stats)
-    assert stats.written == work.expected_events() and stats.internal_errors == 0
-    async with connect(fault_db) as conn:
-        await assert_exactly_once(conn, work)
+        await proxy.close()
 
 
 @pytest.mark.slow
