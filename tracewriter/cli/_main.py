@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import asyncpg
 import structlog
 
-from tracewriter import migrate
+from tracewriter import migrate, retention
 from tracewriter._config import redact_dsn
 from tracewriter.cli import _query
 from tracewriter.errors import ConfigurationError, TracewriterError
@@ -375,6 +375,64 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     )
 
 
+# --- retention -----------------------------------------------------------------------------------
+
+
+def _add_retention(subparsers: _Subparsers) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "retention",
+        help="drop whole partitions or chunks older than an age (run as the owner)",
+        description=(
+            "Drop every partition (native PostgreSQL) or chunk (TimescaleDB) of the "
+            "time-partitioned tables whose time range ended more than --older-than ago, and say "
+            "what was dropped. Nothing is deleted row by row. Run it as the owner of the "
+            "observability tables (the writer role may not drop anything), e.g. daily from cron."
+        ),
+    )
+    parser.add_argument(
+        "--older-than", type=_since, required=True, metavar="AGE",
+        help="drop what ended longer ago than this: 30d, 12w, 36h...",
+    )  # fmt: skip
+    parser.add_argument(
+        "--table", choices=retention.TIME_PARTITIONED_TABLES,
+        help="only this table (default: every time-partitioned table)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dry-run", action="store_true", help="list what would be dropped; drop nothing"
+    )
+    _add_dsn_option(parser)
+    parser.add_argument(
+        "--format", choices=("text", "json"), default="text",
+        help="text: one line per partition and a summary; json: the same as one JSON document",
+    )  # fmt: skip
+    parser.set_defaults(handler=_cmd_retention)
+
+
+def _cmd_retention(args: argparse.Namespace) -> int:
+    dsn = _require_dsn(args)
+    mode, dropped = retention.drop_old_partitions(
+        dsn, args.older_than, table=args.table, dry_run=args.dry_run
+    )
+    what = "chunks" if mode == "timescaledb" else "partitions"
+    if args.format == "json":
+        document = {
+            "partitioning": mode,
+            "dry_run": args.dry_run,
+            "older_than_seconds": args.older_than.total_seconds(),
+            "dropped": [
+                {"table": d.table, "partition": d.partition, "range_end": d.range_end.isoformat()}
+                for d in dropped
+            ],
+        }
+        print(json.dumps(document, indent=2))
+        return EXIT_OK
+    verb = "would drop" if args.dry_run else "dropped"
+    for d in dropped:
+        print(f"{verb} {d.partition} ({d.table}, ended {d.range_end.isoformat()})")
+    print(f"{verb} {len(dropped)} {what} older than {args.older_than} ({mode} partitioning)")
+    return EXIT_OK
+
+
 # --- what the read commands share ----------------------------------------------------------------
 
 
@@ -508,5 +566,6 @@ _SUBCOMMANDS: Final[tuple[Callable[[_Subparsers], None], ...]] = (
     _add_migrate,
     _add_demo,
     _add_trace,
+    _add_retention,
     _add_stats,
 )
