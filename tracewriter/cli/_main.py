@@ -24,6 +24,7 @@ import math
 import os
 import re
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -32,6 +33,7 @@ import structlog
 
 from tracewriter import migrate
 from tracewriter._config import redact_dsn
+from tracewriter._logging import is_tracewriter_event
 from tracewriter.cli import _query
 from tracewriter.errors import ConfigurationError, TracewriterError
 
@@ -474,13 +476,27 @@ def _missing_extra(exc: ModuleNotFoundError) -> TracewriterError:
 _LOG_LEVELS: Final = {"debug": 10, "info": 20, "msg": 20, "warning": 30, "warn": 30, "error": 40}
 
 
-def _warnings_only(logger: Any, method_name: str, event_dict: Any) -> Any:
-    if _LOG_LEVELS.get(method_name, 50) < _LOG_LEVELS["warning"]:
+class _Route(threading.local):
+    # Set by the first processor for the event being processed, read by the last: structlog
+    # runs the chain for one event synchronously on one thread.
+    ours = False
+
+
+_ROUTE: Final = _Route()
+
+
+def _route_library_logs(logger: Any, method_name: str, event_dict: Any) -> Any:
+    ours = is_tracewriter_event(event_dict)
+    if ours and _LOG_LEVELS.get(method_name, 50) < _LOG_LEVELS["warning"]:
         raise structlog.DropEvent
+    _ROUTE.ours = ours
     return event_dict
 
 
-def _print_to_stderr(logger: Any, method_name: str, rendered: Any) -> Any:
+def _library_lines_to_stderr(logger: Any, method_name: str, rendered: Any) -> Any:
+    if not _ROUTE.ours:
+        return rendered
+    _ROUTE.ours = False
     # sys.stderr looked up now, so that rich's live display can take the line in.
     print(rendered if isinstance(rendered, str) else repr(rendered), file=sys.stderr)
     raise structlog.DropEvent
@@ -488,18 +504,20 @@ def _print_to_stderr(logger: Any, method_name: str, rendered: Any) -> Any:
 
 @contextlib.contextmanager
 def _library_logs_to_stderr() -> Iterator[None]:
-    """While inside: the library's log lines below warning are dropped, the rest go to stderr.
+    """While inside: tracewriter's own log lines below warning are dropped and the rest go to
+    stderr (stdout carries the command's output, JSON included); other structlog events are
+    left as they are.
 
     Like ``structlog.testing.capture_logs``, this edits the configured processor list in place
     (and restores it), so whatever configuration the process has is back afterwards.
     """
     processors = structlog.get_config()["processors"]
-    processors.insert(0, _warnings_only)
-    processors.append(_print_to_stderr)
+    processors.insert(0, _route_library_logs)
+    processors.append(_library_lines_to_stderr)
     try:
         yield
     finally:
-        for added in (_warnings_only, _print_to_stderr):
+        for added in (_route_library_logs, _library_lines_to_stderr):
             with contextlib.suppress(ValueError):
                 processors.remove(added)
 
