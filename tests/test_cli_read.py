@@ -122,12 +122,14 @@ async def test_an_unknown_trace_exits_1_with_one_clear_line(
     assert f"no trace {missing}" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("trace_id", ["not-a-trace", "ab" * 17, "0" * 32])
 async def test_a_malformed_trace_id_is_a_usage_error(
-    capsys: pytest.CaptureFixture[str],
+    trace_id: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A trace id that is not 32 hex digits is refused by the parser (exit 2) with the rule."""
+    """A trace id that is not 32 hex digits, or is all zero (invalid in W3C Trace Context), is
+    refused by the parser (exit 2) with the rule."""
     with pytest.raises(SystemExit) as exited:
-        await run_cli("trace", "not-a-trace", "--dsn", UNREACHABLE)
+        await run_cli("trace", trace_id, "--dsn", UNREACHABLE)
     assert exited.value.code == 2
     assert "expected 32 hex digits" in capsys.readouterr().err
 

@@ -33,6 +33,7 @@ import structlog
 
 from tracewriter import migrate
 from tracewriter._config import redact_dsn
+from tracewriter._context import is_valid_trace_id
 from tracewriter._logging import is_tracewriter_event
 from tracewriter.cli import _query
 from tracewriter.errors import ConfigurationError, TracewriterError
@@ -291,13 +292,13 @@ def _migrate_for_demo(dsn: str, console: Console) -> None:
 
 # --- trace ---------------------------------------------------------------------------------------
 
-_TRACE_ID: Final = re.compile(r"^[0-9a-f]{32}$")
-
 
 def _trace_id(text: str) -> str:
     value = text.strip().lower()
-    if not _TRACE_ID.match(value):
-        raise argparse.ArgumentTypeError(f"not a trace id: {text!r} (expected 32 hex digits)")
+    if not is_valid_trace_id(value):
+        raise argparse.ArgumentTypeError(
+            f"not a trace id: {text!r} (expected 32 hex digits, not all zero)"
+        )
     return value
 
 
