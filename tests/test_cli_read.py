@@ -37,8 +37,8 @@ async def run_cli(*argv: str) -> int:
 
 
 async def write_known_trace(dsn: str) -> str:
-    """One request: messages, a retrieval span with a nested rerank, a failing tool span and
-    an LLM call; returns its trace id."""
+    """One request: messages, a retrieval span with a nested rerank, a failing tool span, an
+    LLM call and a document event; returns its trace id."""
     async with ObservabilityService(dsn, flush_interval=0.05) as svc:
         ctx = svc.start_trace("chat.request", user_id="u-1", session_id="s-1", kb_id="kb-t")
         svc.log_chat_message(ctx, role="user", content="What is RAG?", token_count=4)
@@ -54,6 +54,9 @@ async def write_known_trace(dsn: str) -> str:
             cached_input_tokens=1024, duration_ms=250.0, name="llm.generate",
         )  # fmt: skip
         svc.log_chat_message(ctx, role="assistant", content="RAG is retrieval.", token_count=5)
+        svc.log_document_event(
+            ctx, document_id="doc-1", event_type="index", duration_ms=12.5, chunk_count=3
+        )
         svc.end_trace(ctx)
         assert await svc.flush(timeout=30)
     return ctx.trace_id
@@ -122,12 +125,14 @@ async def test_an_unknown_trace_exits_1_with_one_clear_line(
     assert f"no trace {missing}" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("trace_id", ["not-a-trace", "ab" * 17, "0" * 32])
 async def test_a_malformed_trace_id_is_a_usage_error(
-    capsys: pytest.CaptureFixture[str],
+    trace_id: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A trace id that is not 32 hex digits is refused by the parser (exit 2) with the rule."""
+    """A trace id that is not 32 hex digits, or is all zero (invalid in W3C Trace Context), is
+    refused by the parser (exit 2) with the rule."""
     with pytest.raises(SystemExit) as exited:
-        await run_cli("trace", "not-a-trace", "--dsn", UNREACHABLE)
+        await run_cli("trace", trace_id, "--dsn", UNREACHABLE)
     assert exited.value.code == 2
     assert "expected 32 hex digits" in capsys.readouterr().err
 
@@ -246,6 +251,10 @@ SPAN_KEYS = [
     "cached_input_tokens", "reasoning_tokens",
 ]  # fmt: skip
 MESSAGE_KEYS = ["span_id", "role", "timestamp", "token_count", "content_preview"]
+DOCUMENT_KEYS = [
+    "document_id", "event_type", "status", "timestamp", "duration_ms", "chunk_count",
+    "error_message",
+]  # fmt: skip
 LATENCY_KEYS = ["avg_ms", "p50_ms", "p95_ms", "p99_ms", "max_ms"]
 
 
@@ -286,7 +295,12 @@ async def test_trace_as_json_is_every_stored_row_under_stable_keys(
     assert [m["content_preview"] for m in data["messages"]] == [
         "What is RAG?", "RAG is retrieval."
     ]  # fmt: skip
-    assert data["documents"] == []
+    [document] = data["documents"]
+    assert list(document) == DOCUMENT_KEYS
+    assert (document["document_id"], document["event_type"], document["status"]) == (
+        "doc-1", "index", "ok"
+    )  # fmt: skip
+    assert (document["duration_ms"], document["chunk_count"]) == (12.5, 3)
 
 
 async def test_stats_as_json_carries_the_same_figures_as_the_tables(

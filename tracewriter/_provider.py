@@ -20,9 +20,9 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import Field, dataclass, field, fields
+from typing import Any, Final, Protocol, TypeVar, runtime_checkable
 
 from tracewriter._buffer import Buffer, LedgerSnapshot
 from tracewriter._config import WriterConfig, redact_dsn
@@ -145,6 +145,19 @@ def running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
+# The WriterStats fields the flusher's own counters fill: all but the ledger's and running.
+_FLUSHER_FIELDS: Final = tuple(
+    f
+    for f in fields(WriterStats)
+    if f.name not in {"running", *(g.name for g in fields(LedgerSnapshot))}
+)
+
+
+def _same_named(wanted: Iterable[Field[Any]], source: object) -> dict[str, Any]:
+    """The values of ``source``'s attributes named like the ``wanted`` dataclass fields."""
+    return {f.name: getattr(source, f.name) for f in wanted}
+
+
 # Writers alive in this process, for the fork and exit hooks.
 _LIVE: weakref.WeakSet[PostgresProvider] = weakref.WeakSet()
 # Pools inherited across a fork, or left behind by a loop that ended, are kept referenced
@@ -176,20 +189,9 @@ class PostgresProvider:
         cfg = self.config
         self._sink: Sink = self._custom_sink or PostgresSink(cfg)
         self._buffer = Buffer(max_rows=cfg.max_buffer_rows, batch_rows=cfg.max_batch_rows)
-        self._flusher = Flusher(
-            self._buffer,
-            self._sink,
-            FlusherSettings(
-                flush_interval=cfg.flush_interval,
-                max_batch_rows=cfg.max_batch_rows,
-                open_row_grace=cfg.open_row_grace,
-                retry_initial_backoff=cfg.retry_initial_backoff,
-                retry_max_backoff=cfg.retry_max_backoff,
-                partition_check_interval=cfg.partition_check_interval,
-                provider_name=cfg.provider_name,
-                dead_letter_max_chars=cfg.dead_letter_max_chars,
-            ),
-        )
+        # Every flusher setting is the configuration's setting of the same name.
+        settings = FlusherSettings(**_same_named(fields(FlusherSettings), cfg))
+        self._flusher = Flusher(self._buffer, self._sink, settings)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._thread: LoopThread | None = None
@@ -410,20 +412,11 @@ class PostgresProvider:
 
     def stats(self) -> WriterStats:
         """Counters now; the accounting identity holds for every snapshot."""
-        ledger = self._buffer.snapshot()
-        f = self._flusher.stats
+        flusher = _same_named(_FLUSHER_FIELDS, self._flusher.stats)
+        flusher["rows_written"] = dict(flusher["rows_written"])  # a copy of the live dict
         return WriterStats(
-            **{name: getattr(ledger, name) for name in LedgerSnapshot.__dataclass_fields__},
-            retries=f.retries,
-            flushes=f.flushes,
-            rows_written=dict(f.rows_written),
-            end_upserts=f.end_upserts,
-            held_open=f.held_open,
-            last_flush_duration=f.last_flush_duration,
-            last_flush_at=f.last_flush_at,
-            last_error=f.last_error,
-            consecutive_failures=f.consecutive_failures,
-            internal_errors=f.internal_errors,
+            **_same_named(fields(LedgerSnapshot), self._buffer.snapshot()),
+            **flusher,
             # A flusher task that died (a bug, a BaseException) is not running, started or not.
             running=self._started and self._task is not None and not self._task.done(),
         )

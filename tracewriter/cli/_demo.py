@@ -29,9 +29,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from tracewriter._context import TraceContext
-from tracewriter._provider import WriterStats
-from tracewriter._service import ObservabilityService
+from tracewriter import ObservabilityService, TraceContext, WriterStats
 from tracewriter.cli import _query
 from tracewriter.cli._render import render_stats, render_trace
 

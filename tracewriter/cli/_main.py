@@ -24,6 +24,7 @@ import math
 import os
 import re
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -32,6 +33,8 @@ import structlog
 
 from tracewriter import migrate, retention
 from tracewriter._config import redact_dsn
+from tracewriter._context import is_valid_trace_id
+from tracewriter._logging import is_tracewriter_event
 from tracewriter.cli import _query
 from tracewriter.errors import ConfigurationError, TracewriterError
 
@@ -289,13 +292,13 @@ def _migrate_for_demo(dsn: str, console: Console) -> None:
 
 # --- trace ---------------------------------------------------------------------------------------
 
-_TRACE_ID: Final = re.compile(r"^[0-9a-f]{32}$")
-
 
 def _trace_id(text: str) -> str:
     value = text.strip().lower()
-    if not _TRACE_ID.match(value):
-        raise argparse.ArgumentTypeError(f"not a trace id: {text!r} (expected 32 hex digits)")
+    if not is_valid_trace_id(value):
+        raise argparse.ArgumentTypeError(
+            f"not a trace id: {text!r} (expected 32 hex digits, not all zero)"
+        )
     return value
 
 
@@ -483,42 +486,27 @@ def _read_and_print(
 # --- shared --------------------------------------------------------------------------------------
 
 
-def _positive_float(text: str) -> float:
-    value = _float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
-    return value
+def _float_where(rule: str, ok: Callable[[float], bool]) -> Callable[[str], float]:
+    """An argparse type: a finite number for which ``ok`` holds, else "must be <rule>"."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+        return value
+
+    return parse
 
 
-def _non_negative_float(text: str) -> float:
-    value = _float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = _float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
-
-
-def _time_scale(text: str) -> float:
-    value = _float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 1, got {text}")
-    return value
-
-
-def _float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
-    return value
+_positive_float: Final = _float_where("more than 0", lambda v: v > 0)
+_non_negative_float: Final = _float_where("at least 0", lambda v: v >= 0)
+_fraction: Final = _float_where("between 0 and 1", lambda v: 0 <= v <= 1)
+_time_scale: Final = _float_where("more than 0 and at most 1", lambda v: 0 < v <= 1)
 
 
 def _missing_extra(exc: ModuleNotFoundError) -> TracewriterError:
@@ -532,13 +520,27 @@ def _missing_extra(exc: ModuleNotFoundError) -> TracewriterError:
 _LOG_LEVELS: Final = {"debug": 10, "info": 20, "msg": 20, "warning": 30, "warn": 30, "error": 40}
 
 
-def _warnings_only(logger: Any, method_name: str, event_dict: Any) -> Any:
-    if _LOG_LEVELS.get(method_name, 50) < _LOG_LEVELS["warning"]:
+class _Route(threading.local):
+    # Set by the first processor for the event being processed, read by the last: structlog
+    # runs the chain for one event synchronously on one thread.
+    ours = False
+
+
+_ROUTE: Final = _Route()
+
+
+def _route_library_logs(logger: Any, method_name: str, event_dict: Any) -> Any:
+    ours = is_tracewriter_event(event_dict)
+    if ours and _LOG_LEVELS.get(method_name, 50) < _LOG_LEVELS["warning"]:
         raise structlog.DropEvent
+    _ROUTE.ours = ours
     return event_dict
 
 
-def _print_to_stderr(logger: Any, method_name: str, rendered: Any) -> Any:
+def _library_lines_to_stderr(logger: Any, method_name: str, rendered: Any) -> Any:
+    if not _ROUTE.ours:
+        return rendered
+    _ROUTE.ours = False
     # sys.stderr looked up now, so that rich's live display can take the line in.
     print(rendered if isinstance(rendered, str) else repr(rendered), file=sys.stderr)
     raise structlog.DropEvent
@@ -546,18 +548,20 @@ def _print_to_stderr(logger: Any, method_name: str, rendered: Any) -> Any:
 
 @contextlib.contextmanager
 def _library_logs_to_stderr() -> Iterator[None]:
-    """While inside: the library's log lines below warning are dropped, the rest go to stderr.
+    """While inside: tracewriter's own log lines below warning are dropped and the rest go to
+    stderr (stdout carries the command's output, JSON included); other structlog events are
+    left as they are.
 
     Like ``structlog.testing.capture_logs``, this edits the configured processor list in place
     (and restores it), so whatever configuration the process has is back afterwards.
     """
     processors = structlog.get_config()["processors"]
-    processors.insert(0, _warnings_only)
-    processors.append(_print_to_stderr)
+    processors.insert(0, _route_library_logs)
+    processors.append(_library_lines_to_stderr)
     try:
         yield
     finally:
-        for added in (_warnings_only, _print_to_stderr):
+        for added in (_route_library_logs, _library_lines_to_stderr):
             with contextlib.suppress(ValueError):
                 processors.remove(added)
 
