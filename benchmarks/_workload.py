@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
-from tracewriter import Event, EventKind, ObservabilityService
-from tracewriter._records import build
+from tracewriter import EventKind, ObservabilityService
+from tracewriter._records import KIND, EventTuple, build
 from tracewriter._schema import SPAN_COLUMNS, SPANS
 
 EVENTS_PER_TRACE: Final = 9
@@ -97,9 +97,9 @@ class CaptureProvider:
     name = "capture"
 
     def __init__(self) -> None:
-        self.events: list[Event] = []
+        self.events: list[EventTuple] = []
 
-    def record(self, event: Event) -> None:
+    def record(self, event: EventTuple) -> None:
         self.events.append(event)
 
 
@@ -122,13 +122,14 @@ def span_rows(traces: int) -> list[tuple[Any, ...]]:
     rows: list[tuple[Any, ...]] = []
     open_rows: dict[str, list[Any]] = {}
     for event in capture.events:
-        if event.kind not in (EventKind.SPAN, EventKind.SPAN_START, EventKind.SPAN_END):
+        kind = event[KIND]
+        if kind not in (EventKind.SPAN, EventKind.SPAN_START, EventKind.SPAN_END):
             continue
         table, row = build(event)
         assert table == SPANS
-        if event.kind == EventKind.SPAN_START:
+        if kind == EventKind.SPAN_START:
             open_rows[row[3]] = list(row)
-        elif event.kind == EventKind.SPAN_END:
+        elif kind == EventKind.SPAN_END:
             start = open_rows.pop(row[3])
             for i in _END_FIELDS:
                 start[i] = row[i]

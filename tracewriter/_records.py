@@ -1,10 +1,11 @@
 """Events as the API records them, and the sanitised row tuples the writer builds from them.
 
-Owns the event layout (what the hot path appends) and every conversion from caller-supplied
+Owns the event layout (what the hot path appends: a plain tuple, its positions named once by
+:class:`Event` and the index constants) and every conversion from caller-supplied
 values to values PostgreSQL will accept: NUL characters stripped, lone surrogates replaced, text
 truncated, integers clamped to the column range, NaN/inf dropped, metadata made JSON-serialisable
-and encoded. It does no I/O and knows nothing of asyncpg or of the buffer; the flusher calls
-:func:`build` off the hot path, so a caller never pays for encoding.
+and encoded. It does no I/O and knows nothing of asyncpg or of the buffer. The hot path calls
+only :func:`snapshot_metadata`; the assembler calls :func:`build` off the hot path.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import datetime as _dt
 import enum
 import json
 import math
-import re
 import uuid
 from collections.abc import Mapping
 from typing import Any, Final, NamedTuple
@@ -25,8 +25,29 @@ from tracewriter import _schema as schema
 from tracewriter._ids import random_uuid7_hex, row_id_for_valid_span
 
 __all__ = [
+    "DETAIL",
+    "DURATION_MS",
+    "END_NS",
+    "ERROR_MESSAGE",
+    "ERROR_TYPE",
+    "EVENT_FIELDS",
+    "KB_ID",
+    "KIND",
+    "METADATA",
+    "NAME",
+    "PARENT_SPAN_ID",
+    "ROW_SPAN_ID",
+    "ROW_TRACE_ID",
+    "SESSION_ID",
+    "SPAN_ID",
+    "SPAN_TYPE",
+    "START_NS",
+    "STATUS",
+    "TRACE_ID",
+    "USER_ID",
     "Event",
     "EventKind",
+    "EventTuple",
     "InvalidEvent",
     "Row",
     "build",
@@ -36,7 +57,10 @@ __all__ = [
     "complete_row",
     "encode_metadata",
     "end_table",
+    "event_metadata",
+    "metadata_text",
     "sanitize_json",
+    "snapshot_metadata",
     "timestamp_from_ns",
 ]
 
@@ -65,13 +89,21 @@ class EventKind:
 
 
 class Event(NamedTuple):
-    """One recorded fact, exactly as the caller gave it (nothing validated or encoded yet).
+    """The layout of one recorded event: what the API appends to a provider, field by field.
+
+    The service hands providers *plain tuples* in this order, not instances of this class: a
+    tuple of atomic values is untracked by the cycle collector once it has survived one
+    collection, and a NamedTuple (a tuple subclass) never is. Read fields by the index
+    constants below (``event[KIND]``, ``event[TRACE_ID]``) or take a named view with
+    ``Event._make(event)``; this class is the one place the positions are defined.
 
     ``start_ns`` is the wall-clock start in nanoseconds since the epoch (the row's timestamp);
     ``end_ns`` the wall-clock end for end and complete events. ``detail`` carries the fields of
     one kind: ``(model, provider, input_tokens, output_tokens, cached_input_tokens,
     reasoning_tokens)`` for LLM spans, ``(role, content, token_count)`` for chat messages,
-    ``(document_id, event_type, chunk_count)`` for document events.
+    ``(document_id, event_type, chunk_count)`` for document events. ``metadata`` is what the
+    caller passed, snapshotted: for a dict, its JSON encoding as ``bytes`` (read it with
+    :func:`event_metadata`); a copy of a dict that orjson refused; anything else as given.
     """
 
     kind: str
@@ -91,6 +123,30 @@ class Event(NamedTuple):
     kb_id: str | None
     metadata: Any
     detail: tuple[Any, ...] | None
+
+
+# The field positions, derived from Event so that they have one home.
+_FIELDS: Final = Event._fields
+KIND: Final = _FIELDS.index("kind")
+START_NS: Final = _FIELDS.index("start_ns")
+END_NS: Final = _FIELDS.index("end_ns")
+TRACE_ID: Final = _FIELDS.index("trace_id")
+SPAN_ID: Final = _FIELDS.index("span_id")
+PARENT_SPAN_ID: Final = _FIELDS.index("parent_span_id")
+NAME: Final = _FIELDS.index("name")
+SPAN_TYPE: Final = _FIELDS.index("span_type")
+STATUS: Final = _FIELDS.index("status")
+DURATION_MS: Final = _FIELDS.index("duration_ms")
+ERROR_TYPE: Final = _FIELDS.index("error_type")
+ERROR_MESSAGE: Final = _FIELDS.index("error_message")
+USER_ID: Final = _FIELDS.index("user_id")
+SESSION_ID: Final = _FIELDS.index("session_id")
+KB_ID: Final = _FIELDS.index("kb_id")
+METADATA: Final = _FIELDS.index("metadata")
+DETAIL: Final = _FIELDS.index("detail")
+EVENT_FIELDS: Final = len(_FIELDS)
+
+EventTuple = tuple[Any, ...]
 
 
 class InvalidEvent(ValueError):
@@ -125,7 +181,7 @@ def clean_text(value: object, limit: int | None = SHORT_TEXT_CHARS) -> str | Non
 
 
 # Labels (names, span types, models, ids) repeat from row to row, so their cleaned form is
-# memoised: a dict lookup instead of a dozen checks. Bounded: once full, it stops growing.
+# memoised: a dict lookup instead of a dozen checks. Bounded: once full, it starts again.
 _LABELS: dict[str, str | None] = {}
 _LABELS_MAX: Final = 8192
 _LABEL_CHARS: Final = 32  # at most the smallest limit a label is cut to, so limits never differ
@@ -138,7 +194,9 @@ def _label(value: object, limit: int = SHORT_TEXT_CHARS) -> str | None:
         if cached is not None:
             return cached
         cleaned = clean_text(value, limit)
-        if len(value) <= _LABEL_CHARS and len(_LABELS) < _LABELS_MAX:
+        if len(value) <= _LABEL_CHARS:
+            if len(_LABELS) >= _LABELS_MAX:  # ids of many sessions: start again, keep it bounded
+                _LABELS.clear()
             _LABELS[value] = cleaned
         return cleaned
     return None if value is None else clean_text(value, limit)
@@ -261,56 +319,106 @@ def encode_metadata(value: object) -> str | None:
         return None
     if type(value) is not dict and not isinstance(value, Mapping):  # the ABC check is slow
         value = {"value": value}
-    text: str
     try:
         raw = orjson.dumps(value, default=_orjson_default, option=_ORJSON_OPTIONS)
-        if b"\\u0000" in raw:
-            raise ValueError("NUL in metadata")
-        text = raw.decode("utf-8")
     except Exception:  # orjson refuses: take the thorough path
-        try:
-            text = json.dumps(sanitize_json(value), ensure_ascii=False, allow_nan=False)
-        except Exception as exc:  # a hostile object defeated even that; keep a note of it
-            text = json.dumps({"_unencodable": clean_text(repr(type(exc)), 200)})
+        return _thorough(value)
+    if b"\\" in raw and b"\\u0000" in raw:  # memchr first: a backslash is rare
+        return _thorough(value)
+    return _bounded(raw.decode("utf-8"))
+
+
+def _thorough(value: object) -> str:
+    try:
+        text = json.dumps(sanitize_json(value), ensure_ascii=False, allow_nan=False)
+    except Exception as exc:  # a hostile object defeated even that; keep a note of it
+        text = json.dumps({"_unencodable": clean_text(repr(type(exc)), 200)})
+    return _bounded(text)
+
+
+def _bounded(text: str) -> str:
     if len(text) > METADATA_BYTES:
-        text = json.dumps({"_truncated": True, "preview": clean_text(text, PREVIEW_CHARS)})
+        return json.dumps({"_truncated": True, "preview": clean_text(text, PREVIEW_CHARS)})
     return text
+
+
+_dumps: Final = orjson.dumps
+
+
+def snapshot_metadata(value: object) -> object:
+    """What an event keeps of the caller's metadata (on the hot path: cheap, never raises).
+
+    A dict is encoded to JSON ``bytes`` in one orjson call (about 0.2 µs for a typical one):
+    bytes are invisible to the cycle collector, and so is the event tuple holding them — a
+    tuple holding any dict, even an untracked one, stays tracked. It also snapshots nested
+    values, so the caller may mutate its dict afterwards. If orjson refuses the dict (a cycle,
+    an integer past 64 bits, a type it does not know), a shallow copy is kept and
+    :func:`metadata_text` encodes it thoroughly off the hot path. Anything else is kept as
+    given (``bytes`` wrapped, so that bytes in an event always mean encoded JSON).
+    """
+    if type(value) is dict:
+        try:
+            return _dumps(value, None, _ORJSON_OPTIONS)
+        except Exception:
+            return value.copy()
+    if type(value) is bytes:
+        return {"value": value}
+    return value
+
+
+def metadata_text(value: object) -> str | None:
+    """The ``jsonb`` text of an event's metadata (a snapshot or encoded JSON bytes)."""
+    if type(value) is bytes:
+        if len(value) <= METADATA_BYTES and not (b"\\" in value and b"\\u0000" in value):
+            return value.decode("utf-8")
+        return _thorough_bytes(value)
+    return encode_metadata(value)
+
+
+def _thorough_bytes(raw: bytes) -> str:
+    # NUL characters inside strings, or oversized: the same treatment as encode_metadata's.
+    try:
+        decoded = orjson.loads(raw)
+    except Exception:
+        return json.dumps({"_unencodable": "metadata"})
+    if b"\\u0000" in raw:
+        return _thorough(decoded)
+    return _bounded(raw.decode("utf-8"))
+
+
+def event_metadata(value: object) -> Any:
+    """An event's metadata as Python values, for providers (decodes encoded JSON bytes)."""
+    if type(value) is bytes:
+        try:
+            return orjson.loads(value)
+        except Exception:
+            return None
+    return value
 
 
 # --- ids --------------------------------------------------------------------------------------
 
-_MATCH_HEX: Final = {
-    32: re.compile(r"[0-9a-f]{32}").fullmatch,
-    16: re.compile(r"[0-9a-f]{16}").fullmatch,
-}
-_ZEROS: Final = {32: "0" * 32, 16: "0" * 16}
+_HEX: Final = "0123456789abcdef"
+_ZERO32: Final = "0" * 32
+_ZERO16: Final = "0" * 16
 
 
-def _valid_hex(value: object, length: int) -> bool:
-    return type(value) is str and _MATCH_HEX[length](value) is not None and value != _ZEROS[length]
+def _hex32(value: object) -> bool:
+    # str.strip with the hex digits leaves nothing exactly when every character is one of them:
+    # a C-level scan, cheaper than a regular expression.
+    return type(value) is str and len(value) == 32 and not value.strip(_HEX) and value != _ZERO32
 
 
-def _require_trace_id(value: object) -> str:
-    if not _valid_hex(value, 32):
-        raise InvalidEvent(f"trace_id must be 32 lowercase hex digits, got {_preview(value)}")
-    assert isinstance(value, str)
-    return value
+def _hex16(value: object) -> bool:
+    return type(value) is str and len(value) == 16 and not value.strip(_HEX) and value != _ZERO16
 
 
-def _require_span_id(value: object) -> str:
-    if not _valid_hex(value, 16):
-        raise InvalidEvent(f"span_id must be 16 lowercase hex digits, got {_preview(value)}")
-    assert isinstance(value, str)
-    return value
+def _bad_trace_id(value: object) -> InvalidEvent:
+    return InvalidEvent(f"trace_id must be 32 lowercase hex digits, got {_preview(value)}")
 
 
-def _optional_span_id(value: object) -> str | None:
-    # An unusable parent link is dropped rather than refusing the whole span.
-    return value if _valid_hex(value, 16) else None  # type: ignore[return-value]
-
-
-def _optional_trace_id(value: object) -> str | None:
-    return value if _valid_hex(value, 32) else None  # type: ignore[return-value]
+def _bad_span_id(value: object) -> InvalidEvent:
+    return InvalidEvent(f"span_id must be 16 lowercase hex digits, got {_preview(value)}")
 
 
 def _preview(value: object) -> str:
@@ -326,6 +434,7 @@ _MAX_NS: Final = 253_402_300_799 * 10**9
 _MIN_NS: Final = -62_135_596_800 * 10**9
 _FAST_NS_LIMIT: Final = 4_102_444_800 * 10**9  # 2100-01-01
 _fromtimestamp: Final = _dt.datetime.fromtimestamp
+_INF: Final = math.inf
 
 
 def timestamp_from_ns(ns: object) -> _dt.datetime:
@@ -336,6 +445,13 @@ def timestamp_from_ns(ns: object) -> _dt.datetime:
     ns = clean_int_any(ns)
     ns = min(max(ns, _MIN_NS), _MAX_NS)
     return _EPOCH + _dt.timedelta(microseconds=ns // 1000)
+
+
+def _when(ns: object) -> tuple[_dt.datetime, int]:
+    """The row's timestamp and its Unix milliseconds (for the UUIDv7 row id)."""
+    if type(ns) is int and 0 <= ns < _FAST_NS_LIMIT:
+        return _fromtimestamp(ns / 1e9, _UTC), ns // 1_000_000
+    return timestamp_from_ns(ns), clean_int_any(ns) // 1_000_000
 
 
 def clean_int_any(value: object) -> int:
@@ -352,21 +468,27 @@ def _status(value: object, default: str) -> str:
     return _label(value, 32) or default
 
 
-def _duration(event: Event) -> float | None:
-    duration = clean_float(event.duration_ms)
-    if duration is None and event.end_ns is not None:
+def _duration(event: EventTuple) -> float | None:
+    duration: Any = event[DURATION_MS]
+    if type(duration) is float and 0.0 <= duration < _INF:
+        return duration  # the common case: a float the service measured
+    duration = clean_float(duration)
+    end_ns = event[END_NS]
+    if duration is None and end_ns is not None:
         try:
-            duration = (event.end_ns - event.start_ns) / 1e6
-        except TypeError:
+            duration = (end_ns - event[START_NS]) / 1e6
+        except (TypeError, OverflowError):
+            return None
+        if not -_INF < duration < _INF:
             return None
     if duration is not None and duration < 0:
         duration = 0.0
-    return duration
+    return duration  # type: ignore[no-any-return]
 
 
-def _detail(event: Event, size: int) -> tuple[Any, ...]:
+def _detail(event: EventTuple, size: int) -> tuple[Any, ...]:
     """The kind-specific fields, padded or cut to ``size`` (a caller may pass anything)."""
-    detail = event.detail
+    detail = event[DETAIL]
     if type(detail) is not tuple:
         detail = ()
     elif len(detail) == size:
@@ -374,99 +496,186 @@ def _detail(event: Event, size: int) -> tuple[Any, ...]:
     return (*detail[:size], *(None,) * (size - len(detail)))
 
 
-def _span_row(event: Event, *, status: str, duration: float | None) -> Row:
-    trace_id = _require_trace_id(event.trace_id)
-    span_id = _require_span_id(event.span_id)
-    start = timestamp_from_ns(event.start_ns)
-    unix_ms = clean_int_any(event.start_ns) // 1_000_000
-    model, provider, input_tokens, output_tokens, cached_tokens, reasoning_tokens = _detail(
-        event, 6
+def _int32(value: object) -> int | None:
+    if value is None or (type(value) is int and INT32_MIN <= value <= INT32_MAX):
+        return value
+    return clean_int(value)
+
+
+# Groups of labels that travel together (the identity of a request; a span's name, type, model
+# and provider) are cleaned together and memoised as a group: one tuple and one dict lookup
+# instead of a function call per field. Only groups of plain strings and None are memoised (so
+# 1, 1.0 and True, which are equal as keys, never share an entry); the memo is cleared when full.
+_GROUPS: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+_GROUPS_MAX: Final = 16384
+_group_get: Final = _GROUPS.get
+
+
+def _clean_group(key: tuple[Any, ...], limits: tuple[int, ...]) -> tuple[Any, ...]:
+    values = key[1:]
+    cleaned = tuple(_label(v, n) for v, n in zip(values, limits, strict=True))
+    # Long values are not kept: the memo must not pin a caller's megabyte of text.
+    if all(v is None or (type(v) is str and len(v) <= 256) for v in values):
+        if len(_GROUPS) >= _GROUPS_MAX:
+            _GROUPS.clear()
+        _GROUPS[key] = cleaned
+    return cleaned
+
+
+def _group(key: tuple[Any, ...], limits: tuple[int, ...]) -> tuple[Any, ...]:
+    """The cleaned labels of ``key[1:]`` (``key[0]`` names the group), each cut to its limit."""
+    try:
+        found = _group_get(key)
+    except TypeError:  # an unhashable value: clean it field by field
+        return tuple(_label(v, n) for v, n in zip(key[1:], limits, strict=True))
+    return found if found is not None else _clean_group(key, limits)
+
+
+# Group tags: the first element of a memo key, so groups of different fields never collide.
+_I, _S, _T, _C, _D = "identity", "span", "trace", "chat", "document"
+_IDENTITY: Final = (SHORT_TEXT_CHARS, SHORT_TEXT_CHARS, SHORT_TEXT_CHARS)  # user, session, kb
+_SPAN_LABELS: Final = (SHORT_TEXT_CHARS, 64, 256, 256, 32)  # name, type, model, provider, status
+_TRACE_LABELS: Final = (SHORT_TEXT_CHARS, 32)  # name, status
+_CHAT_LABELS: Final = (64,)  # role
+_DOC_LABELS: Final = (64, 32)  # event_type, status
+
+
+def _span_row(event: EventTuple, status: object, duration: float | None) -> Row:
+    trace_id = event[TRACE_ID]
+    span_id = event[SPAN_ID]
+    if not _hex32(trace_id):
+        raise _bad_trace_id(trace_id)
+    if not _hex16(span_id):
+        raise _bad_span_id(span_id)
+    parent = event[PARENT_SPAN_ID]
+    if parent is not None and not _hex16(parent):
+        parent = None  # an unusable parent link is dropped rather than refusing the span
+    start, unix_ms = _when(event[START_NS])
+    detail = event[DETAIL]
+    if detail is None:
+        model = provider = input_tokens = output_tokens = cached = reasoning = None
+    else:
+        model, provider, input_tokens, output_tokens, cached, reasoning = _detail(event, 6)
+        input_tokens = _int32(input_tokens)
+        output_tokens = _int32(output_tokens)
+        cached = _int32(cached)
+        reasoning = _int32(reasoning)
+    name, span_type, model, provider, status = _group(
+        (_S, event[NAME], event[SPAN_TYPE], model, provider, status), _SPAN_LABELS
     )
+    user_id, session_id, kb_id = _group(
+        (_I, event[USER_ID], event[SESSION_ID], event[KB_ID]), _IDENTITY
+    )
+    error_type = event[ERROR_TYPE]
+    error_message = event[ERROR_MESSAGE]
+    metadata = event[METADATA]
     return (
         row_id_for_valid_span(unix_ms, trace_id, span_id),
         start,
         trace_id,
         span_id,
-        _optional_span_id(event.parent_span_id),
-        _label(event.name),
-        _label(event.span_type, 64),
-        status,
+        parent,
+        name,
+        span_type,
+        status or "ok",
         duration,
-        _label(event.error_type, 256),
-        clean_text(event.error_message, ERROR_MESSAGE_CHARS),
-        _label(model, 256),
-        _label(provider, 256),
-        clean_int(input_tokens),
-        clean_int(output_tokens),
-        clean_int(cached_tokens),
-        clean_int(reasoning_tokens),
-        _label(event.user_id),
-        _label(event.session_id),
-        _label(event.kb_id),
-        encode_metadata(event.metadata),
+        None if error_type is None else _label(error_type, 256),
+        None if error_message is None else clean_text(error_message, ERROR_MESSAGE_CHARS),
+        model,
+        provider,
+        input_tokens,
+        output_tokens,
+        cached,
+        reasoning,
+        user_id,
+        session_id,
+        kb_id,
+        None if metadata is None else metadata_text(metadata),
     )
 
 
-def _trace_row(event: Event, *, status: str, duration: float | None) -> Row:
-    trace_id = _require_trace_id(event.trace_id)
-    span_id = _require_span_id(event.span_id)
-    unix_ms = clean_int_any(event.start_ns) // 1_000_000
+def _trace_row(event: EventTuple, status: object, duration: float | None) -> Row:
+    trace_id = event[TRACE_ID]
+    span_id = event[SPAN_ID]
+    if not _hex32(trace_id):
+        raise _bad_trace_id(trace_id)
+    if not _hex16(span_id):
+        raise _bad_span_id(span_id)
+    start, unix_ms = _when(event[START_NS])
+    name, status = _group((_T, event[NAME], status), _TRACE_LABELS)
+    user_id, session_id, kb_id = _group(
+        (_I, event[USER_ID], event[SESSION_ID], event[KB_ID]), _IDENTITY
+    )
+    error_type = event[ERROR_TYPE]
+    error_message = event[ERROR_MESSAGE]
+    metadata = event[METADATA]
     return (
         row_id_for_valid_span(unix_ms, trace_id, span_id),
-        timestamp_from_ns(event.start_ns),
+        start,
         trace_id,
         span_id,
-        _label(event.name),
-        _label(event.user_id),
-        _label(event.session_id),
-        _label(event.kb_id),
-        status,
+        name,
+        user_id,
+        session_id,
+        kb_id,
+        status or "ok",
         duration,
-        _label(event.error_type, 256),
-        clean_text(event.error_message, ERROR_MESSAGE_CHARS),
-        encode_metadata(event.metadata),
+        None if error_type is None else _label(error_type, 256),
+        None if error_message is None else clean_text(error_message, ERROR_MESSAGE_CHARS),
+        None if metadata is None else metadata_text(metadata),
     )
 
 
-def _chat_row(event: Event) -> Row:
+def _chat_row(event: EventTuple) -> Row:
     role, content, token_count = _detail(event, 3)
     text = clean_text(content, CONTENT_CHARS) or ""
-    unix_ms = clean_int_any(event.start_ns) // 1_000_000
+    start, unix_ms = _when(event[START_NS])
+    trace_id, span_id = event[TRACE_ID], event[SPAN_ID]
+    (role,) = _group((_C, role), _CHAT_LABELS)
+    user_id, session_id, kb_id = _group(
+        (_I, event[USER_ID], event[SESSION_ID], event[KB_ID]), _IDENTITY
+    )
+    metadata = event[METADATA]
     return (
         random_uuid7_hex(unix_ms),
-        timestamp_from_ns(event.start_ns),
-        _optional_trace_id(event.trace_id),
-        _optional_span_id(event.span_id),
-        _label(event.session_id),
-        _label(event.user_id),
-        _label(event.kb_id),
-        _label(role, 64) or "unknown",
+        start,
+        trace_id if _hex32(trace_id) else None,
+        span_id if _hex16(span_id) else None,
+        session_id,
+        user_id,
+        kb_id,
+        role or "unknown",
         text,
         text[:PREVIEW_CHARS],
-        clean_int(token_count),
-        encode_metadata(event.metadata),
+        _int32(token_count),
+        None if metadata is None else metadata_text(metadata),
     )
 
 
-def _document_row(event: Event) -> Row:
+def _document_row(event: EventTuple) -> Row:
     document_id, event_type, chunk_count = _detail(event, 3)
-    kb_id = _label(event.kb_id)
+    kb_id = _label(event[KB_ID])
     if not kb_id:
         raise InvalidEvent("document event without a kb_id")
-    unix_ms = clean_int_any(event.start_ns) // 1_000_000
+    start, unix_ms = _when(event[START_NS])
+    trace_id = event[TRACE_ID]
+    event_type, status = _group((_D, event_type, event[STATUS]), _DOC_LABELS)
+    error_type = event[ERROR_TYPE]
+    error_message = event[ERROR_MESSAGE]
+    metadata = event[METADATA]
     return (
         random_uuid7_hex(unix_ms),
-        timestamp_from_ns(event.start_ns),
-        _optional_trace_id(event.trace_id),
+        start,
+        trace_id if _hex32(trace_id) else None,
         kb_id,
         clean_text(document_id) or "",
-        _label(event_type, 64) or "unknown",
-        _status(event.status, "ok"),
+        event_type or "unknown",
+        status or "ok",
         _duration(event),
-        clean_int(chunk_count),
-        _label(event.error_type, 256),
-        clean_text(event.error_message, ERROR_MESSAGE_CHARS),
-        encode_metadata(event.metadata),
+        _int32(chunk_count),
+        None if error_type is None else _label(error_type, 256),
+        None if error_message is None else clean_text(error_message, ERROR_MESSAGE_CHARS),
+        None if metadata is None else metadata_text(metadata),
     )
 
 
@@ -478,6 +687,13 @@ _END_FIELDS: Final = {
 _METADATA_AT: Final = {
     table: schema.COLUMNS[table].index("metadata") for table in schema.UPSERTABLE
 }
+# Where the flusher finds a row's trace and span ids (the same in traces and spans).
+ROW_TRACE_ID: Final = schema.SPAN_COLUMNS.index("trace_id")
+ROW_SPAN_ID: Final = schema.SPAN_COLUMNS.index("span_id")
+if schema.TRACE_COLUMNS.index("trace_id") != ROW_TRACE_ID or (
+    schema.TRACE_COLUMNS.index("span_id") != ROW_SPAN_ID
+):  # the flusher reads both tables' ids at one position
+    raise ImportError("traces and spans must keep trace_id and span_id at the same positions")
 
 
 def end_table(kind: str) -> str | None:
@@ -507,7 +723,7 @@ def _merge_metadata(start: str | None, end: str | None) -> str | None:
     return json.dumps(merged, ensure_ascii=False)
 
 
-def complete_row(table: str, start: Row, end: Event) -> Row:
+def complete_row(table: str, start: Row, end: EventTuple) -> Row:
     """The open row ``start`` completed by its ``end`` event: one row for COPY.
 
     Only the end's own fields are sanitised (status, duration, error, metadata): the start row
@@ -515,38 +731,68 @@ def complete_row(table: str, start: Row, end: Event) -> Row:
     """
     row = list(start)
     status_at, duration_at, error_type_at, error_message_at = _END_FIELDS[table]
-    row[status_at] = _status(end.status, "ok")
+    row[status_at] = _status(end[STATUS], "ok")
     row[duration_at] = _duration(end)
-    row[error_type_at] = _label(end.error_type, 256)
-    row[error_message_at] = clean_text(end.error_message, ERROR_MESSAGE_CHARS)
-    meta_at = _METADATA_AT[table]
-    if end.metadata is not None:
-        row[meta_at] = _merge_metadata(start[meta_at], encode_metadata(end.metadata))
+    error_type = end[ERROR_TYPE]
+    error_message = end[ERROR_MESSAGE]
+    row[error_type_at] = None if error_type is None else _label(error_type, 256)
+    row[error_message_at] = (
+        None if error_message is None else clean_text(error_message, ERROR_MESSAGE_CHARS)
+    )
+    metadata = end[METADATA]
+    if metadata is not None:
+        meta_at = _METADATA_AT[table]
+        row[meta_at] = _merge_metadata(start[meta_at], metadata_text(metadata))
     return tuple(row)
 
 
-def build(event: Event) -> tuple[str, Row]:
+def _build_span(event: EventTuple) -> tuple[str, Row]:
+    return schema.SPANS, _span_row(event, event[STATUS], _duration(event))
+
+
+def _build_span_start(event: EventTuple) -> tuple[str, Row]:
+    return schema.SPANS, _span_row(event, "open", None)
+
+
+def _build_trace_start(event: EventTuple) -> tuple[str, Row]:
+    return schema.TRACES, _trace_row(event, "open", None)
+
+
+def _build_trace_end(event: EventTuple) -> tuple[str, Row]:
+    return schema.TRACES, _trace_row(event, event[STATUS], _duration(event))
+
+
+def _build_chat(event: EventTuple) -> tuple[str, Row]:
+    return schema.CHAT_MESSAGES, _chat_row(event)
+
+
+def _build_document(event: EventTuple) -> tuple[str, Row]:
+    return schema.DOCUMENT_EVENTS, _document_row(event)
+
+
+_BUILDERS: Final = {
+    EventKind.SPAN: _build_span,
+    EventKind.SPAN_END: _build_span,
+    EventKind.SPAN_START: _build_span_start,
+    EventKind.TRACE_START: _build_trace_start,
+    EventKind.TRACE_END: _build_trace_end,
+    EventKind.CHAT: _build_chat,
+    EventKind.DOCUMENT: _build_document,
+}
+_builder: Final = _BUILDERS.get
+
+
+def build(event: EventTuple) -> tuple[str, Row]:
     """Turn one event into ``(table, row)``; raises :class:`InvalidEvent` if it cannot be saved.
 
     Start events become open rows (status ``open``); end events become rows carrying what the
     end knows, for the flusher to merge into their start or to upsert; the rest become
     complete rows.
     """
-    kind = event.kind
-    if kind in (EventKind.SPAN, EventKind.SPAN_END):
-        return schema.SPANS, _span_row(
-            event, status=_status(event.status, "ok"), duration=_duration(event)
-        )
-    if kind == EventKind.SPAN_START:
-        return schema.SPANS, _span_row(event, status="open", duration=None)
-    if kind == EventKind.TRACE_START:
-        return schema.TRACES, _trace_row(event, status="open", duration=None)
-    if kind == EventKind.TRACE_END:
-        return schema.TRACES, _trace_row(
-            event, status=_status(event.status, "ok"), duration=_duration(event)
-        )
-    if kind == EventKind.CHAT:
-        return schema.CHAT_MESSAGES, _chat_row(event)
-    if kind == EventKind.DOCUMENT:
-        return schema.DOCUMENT_EVENTS, _document_row(event)
-    raise InvalidEvent(f"unknown event kind {_preview(kind)}")
+    try:
+        builder = _builder(event[KIND])
+    except TypeError:  # an unhashable kind
+        builder = None
+    if builder is None:
+        raise InvalidEvent(f"unknown event kind {_preview(event[KIND])}")
+    return builder(event)
