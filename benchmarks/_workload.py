@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from tracewriter import EventKind, ObservabilityService
-from tracewriter._records import KIND, EventTuple, build
 from tracewriter._schema import SPAN_COLUMNS, SPANS
 
 EVENTS_PER_TRACE: Final = 9
@@ -97,9 +96,9 @@ class CaptureProvider:
     name = "capture"
 
     def __init__(self) -> None:
-        self.events: list[EventTuple] = []
+        self.events: list[tuple[Any, ...]] = []
 
-    def record(self, event: EventTuple) -> None:
+    def record(self, event: tuple[Any, ...]) -> None:
         self.events.append(event)
 
 
@@ -115,6 +114,10 @@ def span_rows(traces: int) -> list[tuple[Any, ...]]:
     Built with the writer's own builder; a span's start and end are merged the way the
     flusher coalesces them (the start row with the end's outcome).
     """
+    # Imported here: the rest of this module uses only the public API, so that
+    # `benchmarks.cost` can measure an older version of the writer too.
+    from tracewriter._records import KIND, build  # noqa: PLC0415
+
     capture = CaptureProvider()
     svc = ObservabilityService(providers=[capture])
     for i in range(traces):

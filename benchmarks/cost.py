@@ -164,7 +164,11 @@ async def _drive(
             if pending is not None:
                 await pending
             if i % 10 == 9:
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # as a request handler awaiting I/O would
+            if i % 250 == 249:
+                # Hold back while the buffer is over half full: this measures the rate the
+                # writer sustains, not how fast the app can fill a buffer. Checked every 250
+                # calls: stats() is not free, and its cost is the harness's, not the writer's.
                 stats = svc.stats()
                 assert stats is not None
                 while stats.buffered + stats.in_flight > high_water:

@@ -85,8 +85,8 @@ def test_buffered_events_are_invisible_to_the_cycle_collector(metadata: Any) -> 
     assert not any(gc.is_tracked(e[records.METADATA]) for e in events)
 
 
-def test_metadata_is_snapshotted_as_json_bytes() -> None:
-    """A metadata dict becomes JSON bytes at record time: later mutation by the caller is not
+def test_metadata_is_snapshotted_as_json_text() -> None:
+    """A metadata dict becomes JSON text at record time: later mutation by the caller is not
     seen, event_metadata() reads it back, and the row holds the same JSON text."""
     nested: dict[str, Any] = {"k": [1, 2], "d": {"x": "y"}}
     flat = {"a": 1}
@@ -94,15 +94,16 @@ def test_metadata_is_snapshotted_as_json_bytes() -> None:
     snap_flat = records.snapshot_metadata(flat)
     nested["k"].append(3)
     flat["a"] = 2
-    assert type(snap_nested) is bytes and records.event_metadata(snap_nested) == {
+    assert type(snap_nested) is str and records.event_metadata(snap_nested) == {
         "k": [1, 2],
         "d": {"x": "y"},
     }
-    assert type(snap_flat) is bytes and records.event_metadata(snap_flat) == {"a": 1}
+    assert type(snap_flat) is str and records.event_metadata(snap_flat) == {"a": 1}
     assert records.metadata_text(snap_flat) == records.encode_metadata({"a": 1})
     assert json.loads(records.metadata_text(snap_nested) or "") == {"k": [1, 2], "d": {"x": "y"}}
-    # Caller bytes are not mistaken for encoded JSON.
-    assert records.snapshot_metadata(b"raw") == {"value": b"raw"}
+    # A caller's own text is not mistaken for encoded JSON.
+    assert records.snapshot_metadata("raw") == {"value": "raw"}
+    assert records.metadata_text(records.snapshot_metadata("raw")) == '{"value":"raw"}'
     # orjson refuses a cycle: the copy is kept, and the background path encodes it thoroughly.
     cyclic: dict[str, Any] = {}
     cyclic["self"] = [cyclic]
@@ -112,10 +113,10 @@ def test_metadata_is_snapshotted_as_json_bytes() -> None:
 
 
 def test_nul_in_encoded_metadata_is_removed_as_encode_metadata_does() -> None:
-    """JSON bytes carrying a NUL character end as the same text encode_metadata gives."""
+    """JSON text carrying a NUL character ends as the same text encode_metadata gives."""
     value = {"k": ["a\x00b"], "n": {"x": "\x00"}}
     snap = records.snapshot_metadata(value)
-    assert type(snap) is bytes
+    assert type(snap) is str
     assert records.metadata_text(snap) == records.encode_metadata(value)
     assert "\\u0000" not in (records.metadata_text(snap) or "")
 
