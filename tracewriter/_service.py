@@ -24,7 +24,7 @@ from tracewriter._context import (
     current_context,
     make_context,
     reset_context,
-    use_context,
+    tracewriter_current_context,
 )
 from tracewriter._ids import new_span_id
 from tracewriter._logging import RateLimitedLog, get_logger
@@ -34,13 +34,16 @@ from tracewriter._records import (
     EventTuple,
     clean_text,
     snapshot_metadata,
-    timestamp_from_ns,
 )
 from tracewriter.errors import ConfigurationError
 
 __all__ = ["ObservabilityService", "get_instance", "reset_instance"]
 
 _log = get_logger("service")
+_set_current: Final = tracewriter_current_context.set
+_reset_current: Final = tracewriter_current_context.reset
+_fromtimestamp: Final = _dt.datetime.fromtimestamp
+_UTC: Final = _dt.UTC
 _EPOCH: Final = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
 _MICROSECOND: Final = _dt.timedelta(microseconds=1)
 
@@ -106,7 +109,7 @@ class _SpanScope:
                 parent.user_id,
                 parent.session_id,
                 parent.kb_id,
-                timestamp_from_ns(self._start_ns),
+                _fromtimestamp(self._start_ns / 1e9, _UTC),  # time_ns() is always in range
                 self._mono,
             )
             self._child = child
@@ -117,7 +120,7 @@ class _SpanScope:
                 child.user_id, child.session_id, child.kb_id,
                 None if meta is None else snapshot_metadata(meta), None)
             )  # fmt: skip
-            self._token = use_context(child)
+            self._token = _set_current(child)
             return child.span_id
         except Exception as exc:
             self._svc._internal_error("span_enter", exc)
@@ -145,9 +148,13 @@ class _SpanScope:
         except Exception as err:  # str(exc) of a hostile exception, say
             self._svc._internal_error("span_exit", err)
         finally:
-            if self._token is not None:
-                reset_context(self._token)  # never raises, even from another context
+            token = self._token
+            if token is not None:
                 self._token = None
+                try:
+                    _reset_current(token)
+                except (ValueError, RuntimeError):  # another context, or used: the slow way
+                    reset_context(token)  # never raises
         # Returning None lets the application's exception propagate unchanged.
 
     async def __aenter__(self) -> str:
