@@ -124,7 +124,8 @@ def test_nul_in_encoded_metadata_is_removed_as_encode_metadata_does() -> None:
 def span_event(kind: str, trace_id: str, span_id: str, **kw: Any) -> tuple[Any, ...]:
     fields: dict[str, Any] = dict.fromkeys(Event._fields)
     fields.update(kind=kind, start_ns=1_700_000_000_000_000_000, trace_id=trace_id)
-    fields.update(span_id=span_id, name="s", span_type="chain", **kw)
+    fields.update(span_id=span_id, name="s", span_type="chain")
+    fields.update(kw)
     return tuple(fields.values())
 
 
@@ -156,6 +157,67 @@ def test_assembler_coalesces_holds_and_releases() -> None:
     assembler.add(deque([span_event(EventKind.SPAN_END, trace, b, status="error")]), 106.0, 10)
     inserts, ends = assembler.take()
     assert not inserts and len(ends[schema.SPANS]) == 1
+
+
+def test_a_coalesced_event_takes_the_outcome_from_the_end_and_the_rest_from_the_start() -> None:
+    """coalesce() keeps the start's identity and the end's outcome, merges the end's metadata
+    over the start's, and builds the same row as the start completed by the end."""
+    trace, span = new_trace_id(), new_span_id()
+    start = span_event(
+        EventKind.SPAN_START, trace, span, user_id="u", metadata=records.snapshot_metadata({"a": 1})
+    )
+    end = span_event(
+        EventKind.SPAN_END,
+        trace,
+        span,
+        name="ignored",
+        status="error",
+        duration_ms=7.5,
+        error_type="Boom",
+        error_message="went wrong",
+        end_ns=1_700_000_000_007_500_000,
+        metadata=records.snapshot_metadata({"b": 2}),
+    )
+    view = Event._make(records.coalesce(start, end))
+    assert (view.kind, view.start_ns, view.end_ns) == (EventKind.SPAN_END, start[1], end[2])
+    assert (view.name, view.user_id, view.status, view.duration_ms) == ("s", "u", "error", 7.5)
+    assert (view.error_type, view.error_message) == ("Boom", "went wrong")
+    assert json.loads(view.metadata) == {"a": 1, "b": 2}
+    _, row = records.build(records.coalesce(start, end))
+    columns = dict(zip(schema.SPAN_COLUMNS, row, strict=True))
+    assert columns["status"] == "error" and columns["error_type"] == "Boom"
+    assert columns["name"] == "s" and json.loads(columns["metadata"]) == {"a": 1, "b": 2}
+
+
+class Unhashable:
+    """A status whose hash raises something other than TypeError: no row can hold it."""
+
+    def __hash__(self) -> int:
+        raise RuntimeError("no hash")
+
+
+def test_an_unusable_end_leaves_its_start_an_open_row() -> None:
+    """Unusable numbers in an end only lose the duration; an end no row can be built from
+    leaves its start written open, and the end alone is refused and counted."""
+    trace, span = new_trace_id(), new_span_id()
+    assembler = Assembler(open_row_grace=5.0)
+    odd_end = span_event(EventKind.SPAN_END, trace, span, status="ok")
+    odd_end = (*odd_end[:2], "not a number", *odd_end[3:9], float("nan"), *odd_end[10:])
+    assembler.add(deque([span_event(EventKind.SPAN_START, trace, span), odd_end]), 0.0, 10)
+    inserts, ends = assembler.take()
+    rows = inserts[schema.SPANS].rows
+    assert len(rows) == 1 and list(inserts[schema.SPANS].weights) == [2]
+    assert rows[0][schema.SPAN_COLUMNS.index("duration_ms")] is None
+    assert not ends and assembler.take_rejected() == []
+
+    other = new_span_id()
+    hostile_end = span_event(EventKind.SPAN_END, trace, other, status=Unhashable())
+    assembler.add(deque([span_event(EventKind.SPAN_START, trace, other), hostile_end]), 0.0, 10)
+    inserts, ends = assembler.take()
+    rows = inserts[schema.SPANS].rows
+    assert len(rows) == 1 and list(inserts[schema.SPANS].weights) == [1]
+    assert rows[0][schema.SPAN_COLUMNS.index("status")] == "open"
+    assert not ends and len(assembler.take_rejected()) == 1
 
 
 def test_assembler_rejects_bad_events_without_losing_the_rest() -> None:

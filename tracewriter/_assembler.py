@@ -1,13 +1,13 @@
 """The assembler: events in, rows out, with starts and ends coalesced. Pure and synchronous.
 
 Owns turning the events the flusher takes from the buffer into rows for the sink: building each
-row (through :func:`tracewriter._records.build`), coalescing a start with its end when both are
-here (one complete row, written once by COPY), holding a start back for ``open_row_grace``
-seconds in case its end arrives in a later flush, and releasing it as an open row when the
-grace is over (its end then becomes an upsert). It knows nothing of SQL, asyncio, the sink or
+row (through :func:`tracewriter._records.build`), holding a start *event* back for
+``open_row_grace`` seconds in case its end arrives, coalescing the two into one complete row
+built once (written once by COPY), and building a start still alone when the grace is over as
+an open row (its end then becomes an upsert). It knows nothing of SQL, asyncio, the sink or
 the buffer; time comes in as an argument.
 
-Everything it keeps is a plain tuple of atomic values (events, rows, held ``(row, since)``
+Everything it keeps is a plain tuple of atomic values (events, rows, held ``(event, since)``
 pairs and their keys) or a container holding many of them, so a full flush's worth of work in
 progress adds next to nothing for the cycle collector to walk.
 """
@@ -21,15 +21,13 @@ from typing import Final
 from tracewriter._records import (
     BUILDERS,
     KIND,
-    ROW_SPAN_ID,
-    ROW_TRACE_ID,
     SPAN_ID,
     TRACE_ID,
     EventKind,
     EventTuple,
     Row,
     build,
-    complete_row,
+    coalesce,
 )
 from tracewriter._schema import SPANS, TRACES
 
@@ -37,12 +35,13 @@ _default_build: Final = build
 
 __all__ = ["Assembler", "Pending", "Rejection"]
 
-_STARTS: Final = frozenset({EventKind.SPAN_START, EventKind.TRACE_START})
+_START_TABLES: Final = {EventKind.SPAN_START: SPANS, EventKind.TRACE_START: TRACES}
+_STARTS: Final = frozenset(_START_TABLES)
 _END_TABLES: Final = {EventKind.SPAN_END: SPANS, EventKind.TRACE_END: TRACES}
 
 # Why an event was refused and its kind, for the flusher to count and log.
 Rejection = tuple[Exception, object]
-HeldKey = tuple[str, str, str]
+HeldKey = tuple[str, object, object]
 
 
 class Pending:
@@ -89,7 +88,7 @@ class Assembler:
         self._build = build
         # With the standard builder, dispatch on the kind here: one call per event, not three.
         self._builders = BUILDERS if build is _default_build else None
-        self._held: dict[HeldKey, tuple[Row, float]] = {}
+        self._held: dict[HeldKey, tuple[EventTuple, float]] = {}
         self._inserts: dict[str, Pending] = {}
         self._ends: dict[str, Pending] = {}
         self._rejected: list[Rejection] = []
@@ -120,10 +119,19 @@ class Assembler:
             event = popleft()
             try:
                 kind = event[KIND]
+                if kind in _STARTS:
+                    # Held as the event: its row is built once, complete if the end comes.
+                    table = _START_TABLES[kind]
+                    key = (table, event[TRACE_ID], event[SPAN_ID])
+                    earlier = held.get(key)
+                    if earlier is not None:  # the same span started twice: keep both facts
+                        self._open_row(table, earlier[0])
+                    held[key] = (event, now)
+                    continue
                 end_of = end_tables.get(kind)
                 if end_of is not None:
                     start = held.pop((end_of, event[TRACE_ID], event[SPAN_ID]), None)
-                    if start is not None:  # coalesce: complete the held start, no end row
+                    if start is not None:  # coalesce: one complete row, no end row
                         self._coalesce(end_of, start[0], event)
                         continue
                 found = builders.get(kind) if builders is not None else None
@@ -135,44 +143,75 @@ class Assembler:
             except Exception as exc:  # InvalidEvent, or a hostile value beat the sanitiser
                 self._rejected.append((exc, _kind_of(event)))
                 continue
-            if kind in _STARTS:
-                key = (table, row[ROW_TRACE_ID], row[ROW_SPAN_ID])
-                earlier = held.get(key)
-                if earlier is not None:  # the same span started twice: keep both facts
-                    pending = _pending(inserts, table)
-                    pending.rows.append(earlier[0])
-                    pending.weights.append(1)
-                held[key] = (row, now)
-            else:
-                # An end whose start is not held (written open already, or never seen) is an
-                # upsert; anything else is a new row.
-                pending = _pending(self._ends if end_of is not None else inserts, table)
-                pending.rows.append(row)
-                pending.weights.append(1)
+            # An end whose start is not held (written open already, or never seen) is an
+            # upsert; anything else is a new row.
+            pending = _pending(self._ends if end_of is not None else inserts, table)
+            pending.rows.append(row)
+            pending.weights.append(1)
         return count
 
-    def _coalesce(self, table: str, start: Row, end: EventTuple) -> None:
-        pending = _pending(self._inserts, table)
+    def _open_row(self, table: str, start: EventTuple) -> None:
+        """Build a held start alone, as an open row to insert (or reject it)."""
         try:
-            row = complete_row(table, start, end)
-        except Exception as exc:  # an unusable end: the start is still worth its open row
-            pending.rows.append(start)
-            pending.weights.append(1)
-            self._rejected.append((exc, _kind_of(end)))
+            _, row = self._build(start)
+        except Exception as exc:
+            self._rejected.append((exc, _kind_of(start)))
             return
+        pending = _pending(self._inserts, table)
+        pending.rows.append(row)
+        pending.weights.append(1)
+
+    def _coalesce(self, table: str, start: EventTuple, end: EventTuple) -> None:
+        try:
+            combined = coalesce(start, end)
+            builders = self._builders
+            if builders is not None:
+                row = builders[combined[KIND]][1](combined)
+            else:
+                _, row = self._build(combined)
+        except Exception:
+            # Which of the two is unusable? The start alone may still make its open row; the
+            # end is then refused (or, if the start was the bad one, tried on its own).
+            try:
+                _, open_row = self._build(start)
+            except Exception as exc:
+                self._rejected.append((exc, _kind_of(start)))
+                self._alone(end)
+                return
+            pending = _pending(self._inserts, table)
+            pending.rows.append(open_row)
+            pending.weights.append(1)
+            try:
+                self._build(end)
+            except Exception as exc:
+                self._rejected.append((exc, _kind_of(end)))
+                return
+            # Each builds alone but not together (their metadata, say): the end upserts.
+            self._alone(end)
+            return
+        pending = _pending(self._inserts, table)
         pending.rows.append(row)
         pending.weights.append(2)
 
+    def _alone(self, end: EventTuple) -> None:
+        """An end event whose start is gone: its own row, for the end-upsert."""
+        try:
+            table, row = self._build(end)
+        except Exception as exc:
+            self._rejected.append((exc, _kind_of(end)))
+            return
+        pending = _pending(self._ends, table)
+        pending.rows.append(row)
+        pending.weights.append(1)
+
     def release(self, now: float, *, force: bool) -> None:
-        """Hand out open rows held past the grace (all of them with ``force``) as new rows."""
+        """Build starts held past the grace (all of them with ``force``) as open rows."""
         grace = self._grace
         held = self._held
         due = [k for k, (_, since) in held.items() if force or now - since >= grace]
         for key in due:
-            row, _ = held.pop(key)
-            pending = _pending(self._inserts, key[0])
-            pending.rows.append(row)
-            pending.weights.append(1)
+            event, _ = held.pop(key)
+            self._open_row(key[0], event)
 
     def take(self) -> tuple[dict[str, Pending], dict[str, Pending]]:
         """The rows ready to write, ``(inserts, ends)`` by table; the assembler forgets them."""
