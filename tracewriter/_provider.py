@@ -29,7 +29,7 @@ from tracewriter._config import WriterConfig, redact_dsn
 from tracewriter._flusher import Flusher, FlusherSettings
 from tracewriter._logging import get_logger
 from tracewriter._pgsink import PostgresSink
-from tracewriter._records import Event
+from tracewriter._records import EventTuple
 from tracewriter._sink import Sink
 from tracewriter.errors import ConfigurationError, WriterClosedError
 
@@ -52,8 +52,8 @@ class Provider(Protocol):
 
     name: str
 
-    def record(self, event: Event) -> None:
-        """Take one event."""
+    def record(self, event: EventTuple) -> None:
+        """Take one event: a plain tuple laid out as :class:`~tracewriter._records.Event`."""
 
     def reject(self) -> None:
         """Count one event the service refused before building it (a bad argument)."""
@@ -206,7 +206,7 @@ class PostgresProvider:
 
     # --- the hot path -------------------------------------------------------------------------
 
-    def record(self, event: Event) -> None:
+    def record(self, event: EventTuple) -> None:
         """Buffer one event: a locked append, no I/O; a full buffer drops and counts it."""
         self._buffer.put(event)
 

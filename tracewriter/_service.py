@@ -2,7 +2,8 @@
 
 Owns the recording calls (``start_trace``, ``end_trace``, ``span``, ``log_*``), configuration
 and the lifecycle of the providers it fans out to. Every recording call is plain (not async),
-builds one :class:`~tracewriter._records.Event` and hands it to each provider, each call guarded:
+builds one event — a plain tuple laid out as :class:`~tracewriter._records.Event` — and hands
+it to each provider, each call guarded:
 nothing here raises into the application, and nothing waits on I/O. Exceptions raised by the
 application's own code inside ``span()`` propagate unchanged.
 """
@@ -13,7 +14,6 @@ import datetime as _dt
 import threading
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable, Mapping
-from functools import partial
 from time import monotonic, time_ns
 from types import TracebackType
 from typing import Any, Final, TypeVar
@@ -24,18 +24,27 @@ from tracewriter._context import (
     current_context,
     make_context,
     reset_context,
-    use_context,
+    tracewriter_current_context,
 )
 from tracewriter._ids import new_span_id
 from tracewriter._logging import RateLimitedLog, get_logger
 from tracewriter._provider import LoopThread, PostgresProvider, Provider, WriterStats
-from tracewriter._records import Event, EventKind, clean_text, timestamp_from_ns
+from tracewriter._records import (
+    EventKind,
+    EventTuple,
+    clean_text,
+    snapshot_metadata,
+)
 from tracewriter.errors import ConfigurationError
 
 __all__ = ["ObservabilityService", "get_instance", "reset_instance"]
 
 _log = get_logger("service")
 _T = TypeVar("_T")
+_set_current: Final = tracewriter_current_context.set
+_reset_current: Final = tracewriter_current_context.reset
+_fromtimestamp: Final = _dt.datetime.fromtimestamp
+_UTC: Final = _dt.UTC
 _EPOCH: Final = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
 _MICROSECOND: Final = _dt.timedelta(microseconds=1)
 
@@ -46,16 +55,6 @@ _SPAN_END: Final = EventKind.SPAN_END
 _SPAN: Final = EventKind.SPAN
 _CHAT: Final = EventKind.CHAT
 _DOCUMENT: Final = EventKind.DOCUMENT
-
-
-# Builds an Event from a ready tuple in one C call, skipping NamedTuple's Python-level __new__
-# (about 0.3 µs of each recording call).
-_event: Final = partial(tuple.__new__, Event)
-
-
-def _snapshot(metadata: Any) -> Any:
-    # A shallow copy, so the caller mutating its dict after the call does not change the event.
-    return dict(metadata) if type(metadata) is dict else metadata
 
 
 def _ns_of(timestamp: _dt.datetime | None) -> int:
@@ -111,18 +110,18 @@ class _SpanScope:
                 parent.user_id,
                 parent.session_id,
                 parent.kb_id,
-                timestamp_from_ns(self._start_ns),
+                _fromtimestamp(self._start_ns / 1e9, _UTC),  # time_ns() is always in range
                 self._mono,
             )
             self._child = child
+            meta = self._meta
             self._svc._emit(
-                _event(
-                    (_SPAN_START, self._start_ns, None, child.trace_id, child.span_id,
-                    child.parent_span_id, self._name, self._type, None, None, None, None,
-                    child.user_id, child.session_id, child.kb_id, _snapshot(self._meta), None,
-                ))
+                (_SPAN_START, self._start_ns, None, child.trace_id, child.span_id,
+                child.parent_span_id, self._name, self._type, None, None, None, None,
+                child.user_id, child.session_id, child.kb_id,
+                None if meta is None else snapshot_metadata(meta), None)
             )  # fmt: skip
-            self._token = use_context(child)
+            self._token = _set_current(child)
             return child.span_id
         except Exception as exc:
             self._svc._internal_error("span_enter", exc)
@@ -140,21 +139,23 @@ class _SpanScope:
                 duration = (monotonic() - self._mono) * 1000.0
                 failed = exc_type is not None
                 self._svc._emit(
-                    _event(
-                        (_SPAN_END, self._start_ns, time_ns(), child.trace_id, child.span_id,
-                        child.parent_span_id, self._name, self._type,
-                        "error" if failed else "ok", duration,
-                        exc_type.__qualname__ if exc_type is not None else None,
-                        str(exc) if failed else None,
-                        child.user_id, child.session_id, child.kb_id, None, None,
-                    ))
+                    (_SPAN_END, self._start_ns, time_ns(), child.trace_id, child.span_id,
+                    child.parent_span_id, self._name, self._type,
+                    "error" if failed else "ok", duration,
+                    exc_type.__qualname__ if exc_type is not None else None,
+                    str(exc) if failed else None,
+                    child.user_id, child.session_id, child.kb_id, None, None)
                 )  # fmt: skip
         except Exception as err:  # str(exc) of a hostile exception, say
             self._svc._internal_error("span_exit", err)
         finally:
-            if self._token is not None:
-                reset_context(self._token)  # never raises, even from another context
+            token = self._token
+            if token is not None:
                 self._token = None
+                try:
+                    _reset_current(token)
+                except (ValueError, RuntimeError):  # another context, or used: the slow way
+                    reset_context(token)  # never raises
         # Returning None lets the application's exception propagate unchanged.
 
     async def __aenter__(self) -> str:
@@ -214,7 +215,7 @@ class ObservabilityService:
         # With PostgreSQL the only provider (the usual case) events go straight to it: no loop,
         # no per-provider guard (its record() is a locked append; the recording method's own
         # guard still catches anything). Otherwise each provider is called, each guarded.
-        self._emit: Callable[[Event], None] = (
+        self._emit: Callable[[EventTuple], None] = (
             self.postgres.record
             if self.postgres is not None and len(chain) == 1
             else self._emit_all
@@ -235,7 +236,7 @@ class ObservabilityService:
 
     # --- fan-out ------------------------------------------------------------------------------
 
-    def _emit_all(self, event: Event) -> None:
+    def _emit_all(self, event: EventTuple) -> None:
         for provider in self._providers:
             try:
                 provider.record(event)
@@ -282,11 +283,9 @@ class ObservabilityService:
         try:
             ctx = TraceContext.new_root(user_id=user_id, session_id=session_id, kb_id=kb_id)
             self._emit(
-                _event(
-                    (_TRACE_START, _ns_of(ctx.timestamp), None, ctx.trace_id, ctx.span_id, None,
-                    name, None, None, None, None, None, user_id, session_id, kb_id,
-                    _snapshot(metadata), None,
-                ))
+                (_TRACE_START, _ns_of(ctx.timestamp), None, ctx.trace_id, ctx.span_id, None,
+                name, None, None, None, None, None, user_id, session_id, kb_id,
+                None if metadata is None else snapshot_metadata(metadata), None)
             )  # fmt: skip
             return ctx
         except Exception as exc:
@@ -307,11 +306,10 @@ class ObservabilityService:
             if duration_ms is None and ctx.start_monotonic is not None:
                 duration_ms = (monotonic() - ctx.start_monotonic) * 1000.0
             self._emit(
-                _event(
-                    (_TRACE_END, _ns_of(ctx.timestamp), time_ns(), ctx.trace_id, ctx.span_id,
-                    None, None, None, status, duration_ms, None, error_message,
-                    ctx.user_id, ctx.session_id, ctx.kb_id, _snapshot(metadata), None,
-                ))
+                (_TRACE_END, _ns_of(ctx.timestamp), time_ns(), ctx.trace_id, ctx.span_id,
+                None, None, None, status, duration_ms, None, error_message,
+                ctx.user_id, ctx.session_id, ctx.kb_id,
+                None if metadata is None else snapshot_metadata(metadata), None)
             )  # fmt: skip
         except Exception as exc:
             self._internal_error("end_trace", exc)
@@ -357,13 +355,12 @@ class ObservabilityService:
             if type(duration_ms) in (float, int) and 0 < duration_ms < 1e12:  # type: ignore[operator]
                 start_ns = end_ns - int(duration_ms * 1_000_000)  # type: ignore[operator]
             self._emit(
-                _event(
-                    (_SPAN, start_ns, end_ns, parent.trace_id, span_id, parent.span_id, name,
-                    "llm", status, duration_ms, None, error_message, parent.user_id,
-                    parent.session_id, parent.kb_id, _snapshot(metadata),
-                    (model, provider, input_tokens, output_tokens, cached_input_tokens,
-                     reasoning_tokens),
-                ))
+                (_SPAN, start_ns, end_ns, parent.trace_id, span_id, parent.span_id, name,
+                "llm", status, duration_ms, None, error_message, parent.user_id,
+                parent.session_id, parent.kb_id,
+                None if metadata is None else snapshot_metadata(metadata),
+                (model, provider, input_tokens, output_tokens, cached_input_tokens,
+                 reasoning_tokens))
             )  # fmt: skip
         except Exception as exc:
             self._internal_error("log_llm_call", exc)
@@ -382,12 +379,12 @@ class ObservabilityService:
         try:
             c = ctx or current_context()
             self._emit(
-                _event(
-                    (_CHAT, time_ns(), None, c.trace_id if c else "", c.span_id if c else None,
-                    None, None, None, None, None, None, None,
-                    c.user_id if c else None, c.session_id if c else None,
-                    c.kb_id if c else None, _snapshot(metadata), (role, content, token_count),
-                ))
+                (_CHAT, time_ns(), None, c.trace_id if c else "", c.span_id if c else None,
+                None, None, None, None, None, None, None,
+                c.user_id if c else None, c.session_id if c else None,
+                c.kb_id if c else None,
+                None if metadata is None else snapshot_metadata(metadata),
+                (role, content, token_count))
             )  # fmt: skip
         except Exception as exc:
             self._internal_error("log_chat_message", exc)
@@ -417,12 +414,11 @@ class ObservabilityService:
                 return
             end_ns = time_ns()
             self._emit(
-                _event(
-                    (_DOCUMENT, end_ns, end_ns, c.trace_id if c else "", None, None, None, None,
-                    status, duration_ms, None, error_message, c.user_id if c else None,
-                    c.session_id if c else None, kb_id, _snapshot(metadata),
-                    (document_id, event_type, chunk_count),
-                ))
+                (_DOCUMENT, end_ns, end_ns, c.trace_id if c else "", None, None, None, None,
+                status, duration_ms, None, error_message, c.user_id if c else None,
+                c.session_id if c else None, kb_id,
+                None if metadata is None else snapshot_metadata(metadata),
+                (document_id, event_type, chunk_count))
             )  # fmt: skip
         except Exception as exc:
             self._internal_error("log_document_event", exc)
