@@ -16,7 +16,14 @@ from typing import Any
 
 import pytest
 
-from tracewriter import Event, EventKind, ObservabilityService, PostgresProvider, WriterConfig
+from tracewriter import (
+    Event,
+    EventKind,
+    ObservabilityService,
+    PostgresProvider,
+    Provider,
+    WriterConfig,
+)
 from tracewriter import _records as records
 from tracewriter import _schema as schema
 from tracewriter._assembler import Assembler
@@ -28,7 +35,7 @@ pytestmark = pytest.mark.timeout(60)
 NEVER = "postgresql://nobody@localhost/never_connected"
 
 
-class Capture:
+class Capture(Provider):
     """A provider that keeps the events it is given."""
 
     name = "capture"
