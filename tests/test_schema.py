@@ -125,6 +125,7 @@ COLUMNS: dict[str, list[tuple[str, str, bool]]] = {
         ("rows_failed", "int8", False),
         ("rows_dropped", "int8", False),
         ("updated_at", "timestamptz", False),
+        ("consecutive_failures", "int4", False),
     ],
     "dead_letters": [
         ("id", "int8", False),

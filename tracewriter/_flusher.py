@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as _dt
 import random
 import time
@@ -28,9 +29,7 @@ from tracewriter._logging import RateLimitedLog, get_logger
 from tracewriter._records import EventTuple, InvalidEvent, Row, build, clean_text
 from tracewriter._rollup import Rollup
 from tracewriter._sink import (
-    DataSinkError,
     DeadLetter,
-    RetriableSinkError,
     Sink,
     SinkError,
     SyncStatus,
@@ -93,6 +92,18 @@ class _Batch:
 WriteOp = Callable[[str, Sequence[Row], bool], Awaitable[None]]
 
 
+def _retriable(exc: BaseException) -> bool:
+    """The one decision between retrying a write later and isolating its rows now."""
+    return isinstance(exc, SinkError) and exc.retriable
+
+
+def _server_reachable(exc: BaseException) -> bool:
+    """Whether the server answered the failed write (a SQLSTATE outside class 08): then it
+    can take the status row that reports the failure."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    return not isinstance(exc, SinkError) or bool(sqlstate and not sqlstate.startswith("08"))
+
+
 class Flusher:
     """Drains ``buffer`` into ``sink``. Run :meth:`run` as one task; call the rest from its loop."""
 
@@ -126,6 +137,11 @@ class Flusher:
         self._next_maintenance = 0.0
         self._rejected_log = RateLimitedLog(_log, "event_rejected")
         self._retry_log = RateLimitedLog(_log, "flush_failed", level="warning")
+        self._status_log = RateLimitedLog(_log, "sync_status_failed", level="warning")
+        self._dead_letter_log = RateLimitedLog(_log, "batch_dead_lettered", level="warning")
+        self._dead_letter_dropped_log = RateLimitedLog(_log, "dead_letter_dropped", level="error")
+        # The failure streak not yet written to provider_sync_status: (error, when, length).
+        self._unreported_failure: tuple[str, _dt.datetime, int] | None = None
 
     # --- control ------------------------------------------------------------------------------
 
@@ -133,11 +149,17 @@ class Flusher:
         """Ask for a flush now (from the flusher's loop; other threads use call_soon_threadsafe)."""
         self._wake.set()
 
-    @property
     def stats(self) -> FlusherStats:
-        """Counters of flushes, retries and errors (a live object; copy before sharing)."""
-        self._stats.held_open = self._assembler.held
-        return self._stats
+        """A copy of the counters of flushes, retries and errors, with what is held open now."""
+        return dataclasses.replace(
+            self._stats,
+            rows_written=dict(self._stats.rows_written),
+            held_open=self._assembler.held,
+        )
+
+    def note_task_died(self) -> None:
+        """Count the death of the task running :meth:`run` (a bug, or a BaseException)."""
+        self._stats.internal_errors += 1
 
     def has_pending(self) -> bool:
         """Whether any taken event is still unwritten (held open, or waiting for a retry)."""
@@ -192,20 +214,20 @@ class Flusher:
             try:
                 await self._build(force=force)
                 await self._write_pending()
-            except RetriableSinkError as exc:
+            except Exception as exc:
+                if not _retriable(exc):  # a bug must not kill the task: log, count, carry on
+                    self._stats.internal_errors += 1
+                    _log.exception("flusher_cycle_crashed")
                 self._note_failure(exc)
-                return False
-            except Exception as exc:  # a bug must not kill the task: log, count, carry on
-                self._stats.internal_errors += 1
-                self._note_failure(exc)
-                _log.exception("flusher_cycle_crashed")
+                if _server_reachable(exc):  # else writing the status would fail the same way
+                    await self._record_status(succeeded=False)
                 return False
             finally:
                 self._stats.flushes += 1
                 self._stats.last_flush_duration = self._clock() - started
                 self._stats.last_flush_at = _dt.datetime.now(_dt.UTC)
             self._stats.consecutive_failures = 0
-            await self._record_status()
+            await self._record_status(succeeded=True)
             return not self.has_pending()
 
     async def drain(self, timeout: float, *, until_empty: bool = False) -> bool:
@@ -307,7 +329,9 @@ class Flusher:
             batch_id, rows = self._metric_batches[0]
             try:
                 await self._sink.upsert_metrics(batch_id, rows)
-            except DataSinkError as exc:
+            except SinkError as exc:
+                if _retriable(exc):
+                    raise
                 _log.error("metric_rollup_refused", error=str(exc), rows=len(rows))
             self._metric_batches.pop(0)
         if self._dead_letters:
@@ -348,15 +372,16 @@ class Flusher:
                 # A lone row always goes the de-duplicating way: if it was written by an
                 # earlier ambiguous attempt, it must count as written, not as refused.
                 await op(table, rows, batch.ambiguous or len(rows) == 1)
-            except DataSinkError as exc:
-                if len(rows) == 1:
-                    self._dead_letter(table, rows[0], weights[0], exc)
-                else:
-                    half = len(rows) // 2
-                    stack.append((rows[half:], weights[half:]))
-                    stack.append((rows[:half], weights[:half]))
-                continue
-            except BaseException:  # retriable, or cancelled mid-write: keep what is unwritten
+            except BaseException as exc:
+                if isinstance(exc, SinkError) and not _retriable(exc):  # refused for its data
+                    if len(rows) == 1:
+                        self._dead_letter(table, rows[0], weights[0], exc)
+                    else:
+                        half = len(rows) // 2
+                        stack.append((rows[half:], weights[half:]))
+                        stack.append((rows[:half], weights[:half]))
+                    continue
+                # Retriable, a bug, or cancelled mid-write: keep what is unwritten.
                 batch.rows = rows + [r for p in reversed(stack) for r in p[0]]
                 batch.weights = weights + b"".join(p[1] for p in reversed(stack))
                 batch.ambiguous = True
@@ -383,13 +408,16 @@ class Flusher:
             error=clean_text(str(exc), 1000) or type(exc).__name__,
             sqlstate=exc.sqlstate,
         )
-        if len(self._dead_letters) < _MAX_PENDING_DEAD_LETTERS:
-            self._dead_letters.append(letter)
-        self._buffer.settle(dead_lettered=events)
         self._status_failed += 1
-        _log.warning(
-            "batch_dead_lettered", table=table, sqlstate=exc.sqlstate, error=letter.error[:200]
-        )
+        if len(self._dead_letters) >= _MAX_PENDING_DEAD_LETTERS:
+            # The dead-letter table is not being written (it is the refused rows that keep
+            # coming, faster than it is): this row is lost, and counted as what it is.
+            self._buffer.settle(dropped=events)
+            self._dead_letter_dropped_log.hit(table=table, pending=len(self._dead_letters))
+            return
+        self._dead_letters.append(letter)
+        self._buffer.settle(dead_lettered=events)
+        self._dead_letter_log.hit(table=table, sqlstate=exc.sqlstate, error=letter.error[:200])
 
     # --- failure and status -------------------------------------------------------------------
 
@@ -403,27 +431,40 @@ class Flusher:
         self._stats.consecutive_failures += 1
         self._stats.retries += 1
         self._stats.last_error = clean_text(str(exc) or type(exc).__name__, 1000)
+        self._unreported_failure = (
+            self._stats.last_error or type(exc).__name__,
+            _dt.datetime.now(_dt.UTC),
+            self._stats.consecutive_failures,
+        )
         self._retry_log.hit(
             error=self._stats.last_error,
             sqlstate=getattr(exc, "sqlstate", None),
             failures=self._stats.consecutive_failures,
         )
 
-    async def _record_status(self) -> None:
+    async def _record_status(self, *, succeeded: bool) -> None:
+        """Write this provider's row in provider_sync_status: the deltas since the last one,
+        and the failure streak not yet written (after an outage, the outage's)."""
         dropped_total = self._buffer.snapshot().dropped_overflow
+        failure = self._unreported_failure
         status = SyncStatus(
             provider=self._settings.provider_name,
             flushed_at=self._stats.last_flush_at or _dt.datetime.now(_dt.UTC),
-            succeeded=True,
-            error=None,
+            succeeded=succeeded,
+            error=failure[0] if failure else None,
+            error_at=failure[1] if failure else None,
+            consecutive_failures=failure[2] if failure else 0,
             rows_sent=self._status_sent,
             rows_failed=self._status_failed,
             rows_dropped=dropped_total - self._dropped_reported,
         )
         try:
             await self._sink.record_sync_status(status)
-        except SinkError:
-            return  # status is best effort; the deltas go with the next one
+        except Exception as exc:  # best effort: the deltas and the streak go with the next one
+            self._status_log.hit(error=clean_text(str(exc) or type(exc).__name__, 300))
+            return
         self._status_sent -= status.rows_sent
         self._status_failed -= status.rows_failed
         self._dropped_reported = dropped_total
+        if self._unreported_failure is failure:
+            self._unreported_failure = None

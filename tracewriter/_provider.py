@@ -276,7 +276,7 @@ class PostgresProvider:
             return
         exc = task.exception()
         if exc is not None:
-            self._flusher.stats.internal_errors += 1
+            self._flusher.note_task_died()
             _log.error("flusher_task_died", error=repr(exc))
 
     async def flush(self, timeout: float | None = None) -> bool:
@@ -412,8 +412,7 @@ class PostgresProvider:
 
     def stats(self) -> WriterStats:
         """Counters now; the accounting identity holds for every snapshot."""
-        flusher = _same_named(_FLUSHER_FIELDS, self._flusher.stats)
-        flusher["rows_written"] = dict(flusher["rows_written"])  # a copy of the live dict
+        flusher = _same_named(_FLUSHER_FIELDS, self._flusher.stats())
         return WriterStats(
             **_same_named(fields(LedgerSnapshot), self._buffer.snapshot()),
             **flusher,

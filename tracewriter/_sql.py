@@ -109,12 +109,21 @@ class Statements:
                 f"INSERT INTO {q}.dead_letters (target_table, row_data, error, sqlstate) "
                 "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])"
             ),
+            # A success moves last_success_at; a failure, or a success reporting the failure
+            # streak that just ended (the database was away meanwhile), moves last_error,
+            # last_error_at and consecutive_failures. Neither erases the other.
             sync_status_upsert=(
                 f"INSERT INTO {q}.provider_sync_status AS s (provider, last_flush_at, "
-                "last_success_at, rows_sent, rows_failed, rows_dropped, updated_at) "
-                "VALUES ($1, $2, $2, $3, $4, $5, now()) ON CONFLICT (provider) DO UPDATE SET "
+                "last_success_at, last_error, last_error_at, consecutive_failures, rows_sent, "
+                "rows_failed, rows_dropped, updated_at) "
+                "VALUES ($1, $2::timestamptz, CASE WHEN $3::boolean THEN $2::timestamptz END, "
+                "$4, $5, $6, $7, $8, $9, now()) ON CONFLICT (provider) DO UPDATE SET "
                 "last_flush_at = EXCLUDED.last_flush_at, "
-                "last_success_at = EXCLUDED.last_success_at, "
+                "last_success_at = coalesce(EXCLUDED.last_success_at, s.last_success_at), "
+                "last_error = coalesce(EXCLUDED.last_error, s.last_error), "
+                "last_error_at = coalesce(EXCLUDED.last_error_at, s.last_error_at), "
+                "consecutive_failures = CASE WHEN EXCLUDED.last_error_at IS NULL "
+                "THEN s.consecutive_failures ELSE EXCLUDED.consecutive_failures END, "
                 "rows_sent = s.rows_sent + EXCLUDED.rows_sent, "
                 "rows_failed = s.rows_failed + EXCLUDED.rows_failed, "
                 "rows_dropped = s.rows_dropped + EXCLUDED.rows_dropped, updated_at = now()"

@@ -167,3 +167,46 @@ async def test_a_million_enqueues_with_the_database_down_stay_bounded_and_close_
     assert closed and closed[0]["dropped_at_close"] == held
     async with connect(clean_own_db) as conn:
         assert await conn.fetchval("SELECT count(*) FROM observability.spans") == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+async def test_provider_sync_status_tells_the_outage_after_it(fault_db: str) -> None:
+    """After the network to the server was cut, provider_sync_status shows the last failure,
+    when it happened and how many flushes failed in a row; after recovery, the last success."""
+    proxy = Proxy.for_dsn(fault_db)
+    await proxy.start()
+    svc = service(proxy.dsn(fault_db))
+    try:
+        await svc.start()
+        ctx = TraceContext.new_root()
+        svc.log_llm_call(ctx, model="m", duration_ms=1.0)
+        assert await svc.flush(timeout=10)
+        await proxy.cut()
+        cut_at = time.time()
+        svc.log_llm_call(ctx, model="m", duration_ms=1.0)
+
+        async def failing() -> bool:
+            stats = svc.stats()
+            return stats is not None and stats.consecutive_failures >= 3
+
+        assert await wait_for(failing, timeout=20)
+        await proxy.restore()
+        restored_at = time.time()
+        assert await svc.flush(timeout=20)
+        streak = svc.stats()
+        assert streak is not None and streak.consecutive_failures == 0
+    finally:
+        await svc.close()
+        await proxy.close()
+    async with connect(fault_db) as conn:
+        row = await conn.fetchrow(
+            "SELECT last_error, last_error_at, consecutive_failures, last_success_at, rows_sent "
+            "FROM observability.provider_sync_status WHERE provider = 'postgres'"
+        )
+    assert row is not None
+    assert row["last_error"], row
+    assert cut_at - 1 <= row["last_error_at"].timestamp() <= restored_at + 1, row
+    assert row["consecutive_failures"] >= 3, row
+    assert row["last_success_at"] > row["last_error_at"], row
+    assert row["rows_sent"] == 2

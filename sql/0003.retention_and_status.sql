@@ -1,4 +1,4 @@
--- Retention, by the owner: whole partitions (native) or chunks (TimescaleDB) older than an age,
+-- The failure streak in provider_sync_status, and retention, by the owner: whole partitions (native) or chunks (TimescaleDB) older than an age,
 -- listed or dropped per table, never row by row; and the opt-in TimescaleDB policies, retention
 -- and compression run by TimescaleDB's own background jobs.
 --
@@ -14,6 +14,11 @@
 -- role may not. Retention that works on every server is observability.drop_partitions_older_than,
 -- scheduled from cron or pg_cron.
 -- depends: 0002.roles
+
+-- How many flushes in a row failed with last_error: the streak is ongoing while last_error_at
+-- is later than last_success_at, and over (its final length kept) once a flush succeeded.
+ALTER TABLE observability.provider_sync_status
+    ADD COLUMN consecutive_failures integer NOT NULL DEFAULT 0;
 
 CREATE FUNCTION observability.timescaledb_license()
 RETURNS text

@@ -1,4 +1,4 @@
--- Undo 0003.retention. Policies already added stay with TimescaleDB (remove them
+-- Undo 0003.retention_and_status. Policies already added stay with TimescaleDB (remove them
 -- with its remove_retention_policy / remove_compression_policy); only our functions go.
 
 -- 0001's drop_partitions_older_than as it was, before this migration made it count what
@@ -70,3 +70,5 @@ DROP FUNCTION observability.add_retention_policy(interval);
 DROP FUNCTION observability._add_policies(text, text, interval);
 DROP FUNCTION observability._timescale_feature(text);
 DROP FUNCTION observability.timescaledb_license();
+
+ALTER TABLE observability.provider_sync_status DROP COLUMN consecutive_failures;
