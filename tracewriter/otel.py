@@ -165,17 +165,29 @@ def _events(events: Any) -> tuple[list[dict[str, Any]], Any, Any]:
     exc_type = exc_message = None
     for event in events:
         attrs = event.attributes
+        # An event's attributes are frozen when it is added: their inner dict can be shared
+        # with the metadata as it is (nothing here or downstream mutates it).
+        inner = getattr(attrs, "_dict", None)
         out.append(
             {
                 "name": event.name,
                 "time_unix_nano": event.timestamp,
-                "attributes": dict(attrs) if attrs else {},
+                "attributes": inner if type(inner) is dict else dict(attrs) if attrs else {},
             }
         )
         if event.name == _EXCEPTION_EVENT and exc_type is None and attrs:
             exc_type = attrs.get("exception.type")
             exc_message = attrs.get("exception.message")
     return out, exc_type, exc_message
+
+
+def _hex(value: int, size: int) -> str:
+    """An OpenTelemetry id (an int) as lowercase hex; one too large stays too long, to be
+    refused downstream like any other invalid id."""
+    try:
+        return value.to_bytes(size).hex()  # half the cost of an f-string format
+    except OverflowError:
+        return f"{value:x}"
 
 
 class TracewriterSpanProcessor(SpanProcessor):
@@ -267,8 +279,8 @@ class TracewriterSpanProcessor(SpanProcessor):
         if links:
             meta["otel.links"] = [
                 {
-                    "trace_id": f"{link.context.trace_id:032x}",
-                    "span_id": f"{link.context.span_id:016x}",
+                    "trace_id": _hex(link.context.trace_id, 16),
+                    "span_id": _hex(link.context.span_id, 8),
                 }
                 for link in links
             ]
@@ -276,9 +288,9 @@ class TracewriterSpanProcessor(SpanProcessor):
         start_ns = span.start_time or 0
         end_ns = span.end_time or start_ns
         self._record(
-            f"{ctx.trace_id:032x}",
-            f"{ctx.span_id:016x}",
-            f"{parent.span_id:016x}" if parent is not None else None,
+            _hex(ctx.trace_id, 16),
+            _hex(ctx.span_id, 8),
+            _hex(parent.span_id, 8) if parent is not None else None,
             span.name,
             start_ns,
             end_ns,
