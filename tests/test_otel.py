@@ -120,6 +120,32 @@ async def test_sdk_spans_read_back_with_ids_times_columns_and_metadata(
     assert json.loads(trace["metadata"])["service.name"] == "rag-api"
 
 
+async def test_a_span_continuing_a_remote_trace_gives_the_trace_row(
+    db_dsn: str, pool: asyncpg.Pool
+) -> None:
+    """The first span of this process in a trace that arrived with a traceparent keeps the
+    remote parent as its parent and, being the local root, also gives the trace row."""
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    trace_id, remote_parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    carrier = {"traceparent": f"00-{trace_id}-{remote_parent}-01"}
+    async with ObservabilityService(db_dsn, flush_interval=0.05) as svc:
+        provider, _ = _provider(svc)
+        tracer = provider.get_tracer("app")
+        incoming = TraceContextTextMapPropagator().extract(carrier)
+        with (
+            tracer.start_as_current_span("GET /", context=incoming, kind=SpanKind.SERVER),
+            tracer.start_as_current_span("inner"),
+        ):
+            pass
+        assert await svc.flush(timeout=30)
+    rows = await _spans(pool, trace_id)
+    assert rows["GET /"]["parent_span_id"] == remote_parent
+    assert rows["inner"]["parent_span_id"] == rows["GET /"]["span_id"]
+    traces = await pool.fetch("SELECT * FROM observability.traces WHERE trace_id = $1", trace_id)
+    assert [(t["span_id"], t["name"]) for t in traces] == [(rows["GET /"]["span_id"], "GET /")]
+
+
 async def test_an_exception_event_fills_the_error_columns(db_dsn: str, pool: asyncpg.Pool) -> None:
     """A span ended by an exception carries its type and message from the exception event, and
     its stack trace stays in the metadata's events."""
