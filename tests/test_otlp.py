@@ -314,6 +314,27 @@ async def test_a_stalled_collector_never_slows_postgres_and_close_is_bounded(
     assert otlp.stats().dropped == 43
 
 
+async def test_a_program_without_an_event_loop_exports_from_a_thread(
+    receiver: Receiver,
+) -> None:
+    """start_sync runs the exporter on its own thread and loop; a synchronous program records,
+    flushes and closes it without ever having an event loop."""
+    otlp = _otlp(receiver.url)
+    svc = ObservabilityService(None, providers=[otlp])
+
+    def program() -> bool:
+        otlp.start_sync()
+        svc.log_llm_call(TraceContext.new_root(), model="m")
+        delivered = otlp.flush_sync(10)
+        otlp.close_sync(5)
+        return delivered
+
+    assert await asyncio.to_thread(program)
+    stats = otlp.stats()
+    assert len(receiver.spans) == 1 and stats.sent == 1 and stats.balances()
+    assert not stats.running
+
+
 async def test_bad_ids_open_spans_and_a_full_table_of_starts_are_counted() -> None:
     """Spans with ids that are not W3C ids are rejected and counted; span starts beyond
     max_open_spans are evicted and counted as dropped, as are starts still open at close."""
