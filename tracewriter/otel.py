@@ -21,9 +21,14 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
-from opentelemetry.context import Context
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
-from opentelemetry.trace import SpanKind, StatusCode
+try:
+    from opentelemetry.context import Context
+    from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+    from opentelemetry.trace import SpanKind, StatusCode
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        "tracewriter.otel needs the otel extra: pip install 'tracewriter[otel]'"
+    ) from exc
 
 from tracewriter._logging import RateLimitedLog, get_logger
 from tracewriter._service import ObservabilityService

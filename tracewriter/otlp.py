@@ -44,29 +44,35 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 import orjson
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
-    ExportLogsServiceRequest,
-    ExportLogsServiceResponse,
-)
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
-from opentelemetry.proto.common.v1.common_pb2 import (
-    AnyValue,
-    ArrayValue,
-    InstrumentationScope,
-    KeyValue,
-    KeyValueList,
-)
-from opentelemetry.proto.logs.v1.logs_pb2 import (
-    LogRecord,
-    ResourceLogs,
-    ScopeLogs,
-    SeverityNumber,
-)
-from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
+
+try:
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+        ExportLogsServiceRequest,
+        ExportLogsServiceResponse,
+    )
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+        ExportTraceServiceResponse,
+    )
+    from opentelemetry.proto.common.v1.common_pb2 import (
+        AnyValue,
+        ArrayValue,
+        InstrumentationScope,
+        KeyValue,
+        KeyValueList,
+    )
+    from opentelemetry.proto.logs.v1.logs_pb2 import (
+        LogRecord,
+        ResourceLogs,
+        ScopeLogs,
+        SeverityNumber,
+    )
+    from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+    from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        "tracewriter.otlp needs the otel extra: pip install 'tracewriter[otel]'"
+    ) from exc
 
 from tracewriter._logging import RateLimitedLog, get_logger
 from tracewriter._records import CONTENT_CHARS, Event, EventKind, clean_int_any, clean_text
