@@ -11,6 +11,8 @@ from typing import Any
 
 import asyncpg
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceRequest,
     ExportLogsServiceResponse,
@@ -24,7 +26,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from opentelemetry.sdk.trace import TracerProvider
 
-from tracewriter import ObservabilityService, TraceContext
+from tracewriter import Event, EventKind, ObservabilityService, TraceContext
 from tracewriter.errors import ConfigurationError
 from tracewriter.otel import TracewriterSpanProcessor
 from tracewriter.otlp import OtlpProvider, event_metadata
@@ -375,3 +377,99 @@ def test_misconfiguration_raises_naming_the_setting() -> None:
     with pytest.raises(ConfigurationError, match="max_queue"):
         OtlpProvider("http://c:4318", max_queue=0)
     assert "secret" not in repr(OtlpProvider("http://user:secret@c:4318"))
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+_metadata = st.one_of(
+    st.none(),
+    st.dictionaries(st.text(max_size=5), st.one_of(st.integers(), st.text(max_size=5)), max_size=3),
+    st.just('{"a": 1}'),
+    st.just(b'{"b": [1, 2]}'),
+    st.just(b"\xff not json"),
+    st.text(max_size=5),
+    st.integers(),
+    st.builds(object),
+)
+_events = st.builds(
+    Event,
+    kind=st.sampled_from(
+        [
+            EventKind.SPAN_START,
+            EventKind.SPAN_END,
+            EventKind.TRACE_START,
+            EventKind.TRACE_END,
+            EventKind.SPAN,
+            EventKind.CHAT,
+            EventKind.DOCUMENT,
+            "unknown",
+        ]
+    ),
+    start_ns=st.one_of(st.integers(-(2**70), 2**70), st.none(), st.floats()),
+    end_ns=st.one_of(st.none(), st.integers(0, 2**64)),
+    trace_id=st.sampled_from(["a" * 32, "b" * 32, "0" * 32, "bad", None]),
+    span_id=st.sampled_from(["1" * 16, "2" * 16, "3" * 16, "zz", None]),
+    parent_span_id=st.sampled_from(["1" * 16, "9" * 16, None, 7]),
+    name=st.one_of(st.none(), st.text(max_size=5)),
+    span_type=st.sampled_from(["llm", "tool", None]),
+    status=st.sampled_from(["ok", "error", "timeout", None, 3]),
+    duration_ms=st.one_of(st.none(), st.floats(), st.integers()),
+    error_type=st.sampled_from([None, "ValueError"]),
+    error_message=st.one_of(st.none(), st.text(max_size=5)),
+    user_id=st.sampled_from([None, "u"]),
+    session_id=st.sampled_from([None, "s"]),
+    kb_id=st.sampled_from([None, "kb"]),
+    metadata=_metadata,
+    detail=st.one_of(
+        st.none(),
+        st.tuples(st.text(max_size=3), st.none(), st.integers(-(2**70), 2**70)),
+        st.tuples(*[st.one_of(st.none(), st.integers(0, 10**6)) for _ in range(6)]),
+    ),
+)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(events=st.lists(_events, max_size=40), max_open=st.integers(1, 4))
+@example(  # found by hand: an infinite duration with no end time overflowed int()
+    events=[
+        Event(EventKind.SPAN, 10, None, "a" * 32, "1" * 16, None, "n", "llm", "ok",
+              float("inf"), None, None, None, None, None, None, None),
+    ],
+    max_open=1,
+)  # fmt: skip
+def test_any_event_sequence_keeps_the_ledger_balanced(events: list[Event], max_open: int) -> None:
+    """Whatever events arrive (orphan ends, repeated starts, invalid ids, odd metadata, more
+    open spans than allowed), conversion never raises out of the exporter and the ledger
+    balances before and after close, with nothing left queued, held or in flight."""
+
+    async def scenario() -> None:
+        otlp = OtlpProvider(
+            f"http://127.0.0.1:{_closed_port()}",
+            max_retries=0,
+            flush_interval=0.01,
+            timeout=1.0,
+            max_batch=7,
+            max_open_spans=max_open,
+        )
+        await otlp.start()
+        for event in events:
+            otlp.record(event)
+        await otlp.flush(timeout=10)
+        during = otlp.stats()
+        assert during.balances() and during.queued == during.in_flight == 0 and during.running
+        await otlp.close(timeout=2)
+        after = otlp.stats()
+        assert after.balances() and after.received == len(events)
+        assert after.queued == after.held == after.in_flight == after.sent == 0
+        assert after.internal_errors == 0, after.last_error
+
+    asyncio.run(scenario())

@@ -75,7 +75,14 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     ) from exc
 
 from tracewriter._logging import RateLimitedLog, get_logger
-from tracewriter._records import CONTENT_CHARS, Event, EventKind, clean_int_any, clean_text
+from tracewriter._records import (
+    CONTENT_CHARS,
+    Event,
+    EventKind,
+    clean_float,
+    clean_int_any,
+    clean_text,
+)
 from tracewriter.errors import ConfigurationError
 
 __all__ = ["OtlpProvider", "OtlpStats", "event_metadata"]
@@ -182,7 +189,9 @@ class OtlpStats:
     unsent when the close deadline passed); ``failed``: the collector refused them or every
     retry failed; ``rejected_invalid``: spans whose ids are not W3C ids; ``held``: span and
     trace starts waiting for their end. ``partially_rejected`` counts the spans and log records
-    a collector reported rejecting inside an accepted request.
+    a collector reported rejecting inside an accepted request; ``internal_errors`` the events
+    and batches our own conversion failed on (a bug to report: they are counted as invalid or
+    failed, and the exporter goes on).
     """
 
     received: int
@@ -196,6 +205,7 @@ class OtlpStats:
     requests: int
     retries: int
     partially_rejected: int
+    internal_errors: int
     last_error: str | None
     running: bool
 
@@ -327,7 +337,7 @@ class OtlpProvider:
         self._open: OrderedDict[tuple[str, object, object], Any] = OrderedDict()
         self._received = self._sent = self._dropped = self._failed = self._invalid = 0
         self._held = self._in_flight = 0
-        self._requests = self._retries = self._partially_rejected = 0
+        self._requests = self._retries = self._partially_rejected = self._internal_errors = 0
         self._last_error: str | None = None
         self._lost_at_flush = 0
         self._closed = False
@@ -522,6 +532,7 @@ class OtlpProvider:
                 requests=self._requests,
                 retries=self._retries,
                 partially_rejected=self._partially_rejected,
+                internal_errors=self._internal_errors,
                 last_error=self._last_error,
                 running=self._task is not None and not self._task.done(),
             )
@@ -550,6 +561,7 @@ class OtlpProvider:
                     raise
                 except Exception as exc:  # a bug of ours must not end the exporter
                     self._last_error = repr(exc)
+                    self._internal_errors += 1
                     with self._lock:
                         self._failed += self._in_flight
                         self._in_flight = 0
@@ -691,6 +703,9 @@ class OtlpProvider:
                 if kind in _LOG_KINDS:
                     logs.append(_Item(self._log_record(event), 1))
                     continue
+                if kind not in _SPAN_KINDS:  # as the PostgreSQL path refuses it
+                    invalid += 1
+                    continue
                 key = (event[TRACE_ID], event[SPAN_ID])
                 folded = complete.get(key) if kind in _TRACE_KINDS else None
                 if folded is not None:
@@ -723,7 +738,8 @@ class OtlpProvider:
                     complete[key] = item
             except Exception as exc:  # one unconvertible event must not take its batch
                 invalid += 1 + (start is not None)
-                self._last_error = f"convert: {type(exc).__name__}"
+                self._internal_errors += 1
+                self._last_error = f"convert: {type(exc).__name__}: {exc}"[:300]
         with self._lock:
             # A start moves from in flight to held, and a matched end brings its start back
             # into flight inside the span's weight (as folded trace events are); an evicted
@@ -748,8 +764,9 @@ class OtlpProvider:
         start_ns = _u64(first[START_NS])
         end_ns = _u64(event[END_NS]) if event[END_NS] is not None else 0
         if end_ns == 0:
-            duration = event[DURATION_MS]
-            end_ns = start_ns + int(duration * 1e6) if type(duration) in (int, float) else start_ns
+            # NaN, inf and non-numbers give no duration; anything past ~30 years is cut there.
+            duration = clean_float(event[DURATION_MS])
+            end_ns = start_ns + int(min(max(duration, 0.0), 1e12) * 1e6) if duration else start_ns
         end_ns = min(max(end_ns, start_ns), _MAX_U64)
         name = first[NAME] or event[NAME] or ("trace" if is_trace else "span")
         attributes: dict[str, Any] = {}
@@ -915,6 +932,15 @@ class OtlpProvider:
 
 
 _START_KINDS: Final = frozenset({EventKind.SPAN_START, EventKind.TRACE_START})
+_SPAN_KINDS: Final = frozenset(
+    {
+        EventKind.SPAN_START,
+        EventKind.SPAN_END,
+        EventKind.SPAN,
+        EventKind.TRACE_START,
+        EventKind.TRACE_END,
+    }
+)
 _TRACE_KINDS: Final = frozenset({EventKind.TRACE_START, EventKind.TRACE_END})
 _END_OF: Final = {
     EventKind.SPAN_END: EventKind.SPAN_START,
