@@ -12,6 +12,8 @@ from typing import Any
 
 import asyncpg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry import trace as otel_trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -364,3 +366,95 @@ async def test_openai_instrumentation_rows_carry_model_provider_and_tokens(
     assert row["cached_input_tokens"] == 16
     trace = await pool.fetchrow("SELECT * FROM observability.traces")
     assert trace["trace_id"] == row["trace_id"] and trace["span_id"] == row["span_id"]
+
+
+# --- anything an SDK span may carry -----------------------------------------------------------
+
+_MAPPED_NAMES = [
+    "gen_ai.request.model",
+    "gen_ai.provider.name",
+    "gen_ai.system",
+    "gen_ai.usage.input_tokens",
+    "gen_ai.usage.output_tokens",
+    "gen_ai.usage.cache_read.input_tokens",
+    "gen_ai.operation.name",
+    "openinference.span.kind",
+    "llm.token_count.prompt",
+    "error.type",
+    "user.id",
+    "session.id",
+    "tracewriter.kb_id",
+]
+_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**80), 2**80),
+    st.floats(),
+    st.text(max_size=20),
+    st.binary(max_size=8),
+    st.tuples(st.integers(), st.text(max_size=3)),
+    st.builds(object),
+)
+_attributes = st.dictionaries(
+    st.one_of(st.sampled_from(_MAPPED_NAMES), st.text(max_size=10)), _values, max_size=8
+)
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(
+    spans=st.lists(
+        st.tuples(
+            _attributes,
+            st.integers(0, 2**129),
+            st.integers(0, 2**65),
+            st.one_of(st.none(), st.integers(0, 2**65)),
+            st.sampled_from(list(StatusCode)),
+            st.one_of(st.none(), st.text(max_size=10)),
+            st.lists(st.tuples(st.text(max_size=8), _attributes), max_size=2),
+            st.one_of(st.none(), st.integers(-(2**64), 2**64)),
+        ),
+        max_size=12,
+    )
+)
+def test_any_span_content_is_recorded_or_refused_never_raised(
+    spans: list[tuple[Any, ...]],
+) -> None:
+    """Spans built with any attribute values, ids, times, statuses and events are mapped
+    without ever raising into the SDK, and every event they give is written or refused and
+    counted by the writer's ledger."""
+    from opentelemetry.sdk.trace import Event as OtelEvent
+
+    from tracewriter import PostgresProvider, WriterConfig
+    from tracewriter.testing import InMemorySink
+
+    async def scenario() -> None:
+        writer = PostgresProvider(WriterConfig(flush_interval=0.01), sink=InMemorySink())
+        svc = ObservabilityService(providers=[writer])
+        processor = TracewriterSpanProcessor(svc)
+        await svc.start()
+        for attrs, trace_id, span_id, parent_id, code, description, events, start in spans:
+            flags = otel_trace.TraceFlags(otel_trace.TraceFlags.SAMPLED)
+            parent = (
+                None
+                if parent_id is None
+                else otel_trace.SpanContext(trace_id, parent_id, is_remote=False)
+            )
+            span = ReadableSpan(
+                name="s",
+                context=otel_trace.SpanContext(trace_id, span_id, False, trace_flags=flags),
+                parent=parent,
+                attributes=attrs,
+                events=[OtelEvent(name, a, timestamp=1) for name, a in events],
+                status=Status(code, description),
+                start_time=start,
+                end_time=None if start is None else start + 1000,
+            )
+            processor.on_end(span)
+        assert processor.failed == 0
+        assert await svc.flush(timeout=10)
+        stats = writer.stats()
+        assert stats.balances() and stats.buffered == stats.in_flight == 0
+        assert stats.written + stats.rejected_invalid + stats.dead_lettered == stats.enqueued
+        await svc.close()
+
+    asyncio.run(scenario())
