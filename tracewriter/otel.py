@@ -82,6 +82,8 @@ _COLUMN_KEYS: Final = (
     _CACHED_KEYS,
     _REASONING_KEYS,
 )
+_LLM_KEYS: Final = frozenset(k for keys in _COLUMN_KEYS for k in keys)
+_IDENTITY_KEYS: Final = frozenset((*_USER_KEYS, *_SESSION_KEYS, *_KB_KEYS))
 # Every key the mapping reads: a span carrying none of them (an HTTP or database span) takes
 # the fast path, one C-level set intersection.
 _MAPPED: Final = frozenset(
@@ -190,7 +192,7 @@ def _hex(value: int, size: int) -> str:
     """An OpenTelemetry id (an int) as lowercase hex; one too large stays too long, to be
     refused downstream like any other invalid id."""
     try:
-        return value.to_bytes(size).hex()  # half the cost of an f-string format
+        return value.to_bytes(size).hex()
     except OverflowError:
         return f"{value:x}"
 
@@ -240,24 +242,20 @@ class TracewriterSpanProcessor(SpanProcessor):
             return
         meta = _attributes(span)
         found = _MAPPED.intersection(meta) if meta else frozenset()
-        if found:
+        llm = user_id = session_id = kb_id = None
+        # Two C-level checks spare the nine lookups below on spans that have none of them.
+        if found and not found.isdisjoint(_LLM_KEYS):
             model = _first(meta, found, _MODEL_KEYS)
             provider = _first(meta, found, _PROVIDER_KEYS)
             input_t = _first(meta, found, _INPUT_KEYS)
             output_t = _first(meta, found, _OUTPUT_KEYS)
             cached_t = _first(meta, found, _CACHED_KEYS)
             reasoning_t = _first(meta, found, _REASONING_KEYS)
-            # Chained `is`: true only when all six are None (a span that is not an LLM call).
-            llm = (
-                None
-                if model is provider is input_t is output_t is cached_t is reasoning_t is None
-                else (model, provider, input_t, output_t, cached_t, reasoning_t)
-            )
+            llm = (model, provider, input_t, output_t, cached_t, reasoning_t)
+        if found and not found.isdisjoint(_IDENTITY_KEYS):
             user_id = _first(meta, found, _USER_KEYS)
             session_id = _first(meta, found, _SESSION_KEYS)
             kb_id = _first(meta, found, _KB_KEYS)
-        else:
-            llm = user_id = session_id = kb_id = None
         kind = span.kind
         span_type = _span_type(meta, found, kind) if found else _KIND_TYPES.get(kind)
         status = span.status
@@ -290,12 +288,19 @@ class TracewriterSpanProcessor(SpanProcessor):
                 for link in links
             ]
         parent = span.parent
+        try:  # int.to_bytes().hex(): 0.1 µs an id, against 0.19 for an f-string format
+            trace_id = ctx.trace_id.to_bytes(16).hex()
+            span_id = ctx.span_id.to_bytes(8).hex()
+            parent_id = parent.span_id.to_bytes(8).hex() if parent is not None else None
+        except OverflowError:  # out of range: kept too long, refused downstream like any bad id
+            trace_id, span_id = _hex(ctx.trace_id, 16), _hex(ctx.span_id, 8)
+            parent_id = _hex(parent.span_id, 8) if parent is not None else None
         start_ns = span.start_time or 0
         end_ns = span.end_time or start_ns
         self._record(
-            _hex(ctx.trace_id, 16),
-            _hex(ctx.span_id, 8),
-            _hex(parent.span_id, 8) if parent is not None else None,
+            trace_id,
+            span_id,
+            parent_id,
             span.name,
             start_ns,
             end_ns,
