@@ -338,19 +338,22 @@ async def test_a_program_without_an_event_loop_exports_from_a_thread(
 
 
 async def test_bad_ids_open_spans_and_a_full_table_of_starts_are_counted() -> None:
-    """Spans with ids that are not W3C ids are rejected and counted; span starts beyond
+    """Spans with ids that are not W3C ids, and events the service refuses, are rejected and
+    counted; span starts beyond
     max_open_spans are evicted and counted as dropped, as are starts still open at close."""
     otlp = _otlp("http://127.0.0.1:9", max_open_spans=2)  # nothing is ever sent
     async with ObservabilityService(None, providers=[otlp]) as svc:
         bad = TraceContext(trace_id="not-hex", span_id="zz")
         svc.log_llm_call(bad, model="m")
+        # Refused by the service itself (no kb_id): counted the same way.
+        svc.log_document_event(TraceContext.new_root(), document_id="d", event_type="embed")
         ctx = svc.start_trace("t")
         scopes = [svc.span(ctx, f"s{i}") for i in range(2)]
         for scope in scopes:
             scope.__enter__()
         await _until(lambda: otlp.stats().held == 2)
         stats = otlp.stats()
-        assert stats.rejected_invalid == 1 and stats.held == 2 and stats.dropped == 1
+        assert stats.rejected_invalid == 2 and stats.held == 2 and stats.dropped == 1
         assert stats.balances()
     stats = otlp.stats()
     assert stats.dropped == 3 and stats.held == 0 and stats.balances()

@@ -75,6 +75,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     ) from exc
 
 from tracewriter._logging import RateLimitedLog, get_logger
+from tracewriter._provider import Provider
 from tracewriter._records import (
     CONTENT_CHARS,
     Event,
@@ -239,7 +240,7 @@ class _Item:
         self.weight = weight
 
 
-class OtlpProvider:
+class OtlpProvider(Provider):
     """Sends every event to an OpenTelemetry collector (or Jaeger, Tempo, Phoenix) over OTLP/HTTP.
 
     ``endpoint`` is the collector's base URL; spans go to ``<endpoint>/v1/traces`` and log
@@ -372,6 +373,12 @@ class OtlpProvider:
             self._drop_log.hit(dropped=dropped, reason="closed" if self._closed else "queue_full")
         elif queued == self._max_batch:
             self._wake()
+
+    def reject(self) -> None:
+        """Count one event the service refused before building it, as the PostgreSQL path does."""
+        with self._lock:
+            self._received += 1
+            self._invalid += 1
 
     def _wake(self) -> None:
         loop, wakeup = self._loop, self._wakeup
