@@ -500,6 +500,66 @@ class ObservabilityService:
     def __exit__(self, *exc_info: object) -> None:
         self.close_sync()
 
+    # --- spans recorded elsewhere (kept last: tracewriter.otel is its caller) ----------------
+
+    def record_span(  # noqa: PLR0917 - positional on purpose: once per OpenTelemetry span
+        self,
+        trace_id: str,
+        span_id: str,
+        parent_span_id: str | None,
+        name: str | None,
+        start_ns: int,
+        end_ns: int,
+        span_type: str | None = None,
+        status: str = "ok",
+        error_type: str | None = None,
+        error_message: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        llm: tuple[Any, ...] | None = None,
+        user_id: str | None = None,
+        session_id: str | None = None,
+        kb_id: str | None = None,
+        trace_metadata: Mapping[str, Any] | None = None,
+        *,
+        trace: bool = False,
+    ) -> None:
+        """Record a span that started and ended elsewhere, with its own ids and wall-clock times.
+
+        This is how :class:`tracewriter.otel.TracewriterSpanProcessor` hands an ended
+        OpenTelemetry span to the same fan-out, buffer and ledger as every other call: one
+        complete span event (``start_ns``/``end_ns`` in nanoseconds since the epoch; ``llm`` is
+        ``(model, provider, input_tokens, output_tokens, cached_input_tokens,
+        reasoning_tokens)``). With ``trace=True`` the span is also its trace's root, and a
+        start and an end event give the trace row (``trace_metadata`` its metadata). Nothing
+        is validated here — the background path does that, as for every call — and nothing
+        raises.
+        """
+        try:
+            duration = (end_ns - start_ns) / 1e6 if end_ns is not None else None
+            self._emit(
+                _event(
+                    (_SPAN, start_ns, end_ns, trace_id, span_id, parent_span_id, name, span_type,
+                    status, duration, error_type, error_message, user_id, session_id, kb_id,
+                    metadata, llm,
+                ))
+            )  # fmt: skip
+            if trace:
+                self._emit(
+                    _event(
+                        (_TRACE_START, start_ns, None, trace_id, span_id, None, name, None, None,
+                        None, None, None, user_id, session_id, kb_id, trace_metadata, None,
+                    ))
+                )  # fmt: skip
+                self._emit(
+                    _event(
+                        (_TRACE_END, start_ns, end_ns, trace_id, span_id, None, None, None,
+                        status, duration, error_type, error_message, user_id, session_id, kb_id,
+                        None, None,
+                    ))
+                )  # fmt: skip
+        except Exception as exc:
+            self._internal_error("record_span", exc)
+
 
 _instance: ObservabilityService | None = None
 _instance_lock = threading.Lock()
