@@ -537,25 +537,20 @@ class ObservabilityService:
         try:
             duration = (end_ns - start_ns) / 1e6 if end_ns is not None else None
             self._emit(
-                _event(
-                    (_SPAN, start_ns, end_ns, trace_id, span_id, parent_span_id, name, span_type,
-                    status, duration, error_type, error_message, user_id, session_id, kb_id,
-                    metadata, llm,
-                ))
+                (_SPAN, start_ns, end_ns, trace_id, span_id, parent_span_id, name, span_type,
+                status, duration, error_type, error_message, user_id, session_id, kb_id,
+                None if metadata is None else snapshot_metadata(metadata), llm)
             )  # fmt: skip
             if trace:
                 self._emit(
-                    _event(
-                        (_TRACE_START, start_ns, None, trace_id, span_id, None, name, None, None,
-                        None, None, None, user_id, session_id, kb_id, trace_metadata, None,
-                    ))
+                    (_TRACE_START, start_ns, None, trace_id, span_id, None, name, None, None,
+                    None, None, None, user_id, session_id, kb_id,
+                    None if trace_metadata is None else snapshot_metadata(trace_metadata), None)
                 )  # fmt: skip
                 self._emit(
-                    _event(
-                        (_TRACE_END, start_ns, end_ns, trace_id, span_id, None, None, None,
-                        status, duration, error_type, error_message, user_id, session_id, kb_id,
-                        None, None,
-                    ))
+                    (_TRACE_END, start_ns, end_ns, trace_id, span_id, None, None, None,
+                    status, duration, error_type, error_message, user_id, session_id, kb_id,
+                    None, None)
                 )  # fmt: skip
         except Exception as exc:
             self._internal_error("record_span", exc)

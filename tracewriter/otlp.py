@@ -43,8 +43,6 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-import orjson
-
 try:
     from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
         ExportLogsServiceRequest,
@@ -78,59 +76,35 @@ from tracewriter._logging import RateLimitedLog, get_logger
 from tracewriter._provider import Provider
 from tracewriter._records import (
     CONTENT_CHARS,
-    Event,
+    DETAIL,
+    DURATION_MS,
+    END_NS,
+    ERROR_MESSAGE,
+    ERROR_TYPE,
+    KB_ID,
+    KIND,
+    METADATA,
+    NAME,
+    PARENT_SPAN_ID,
+    SESSION_ID,
+    SPAN_ID,
+    SPAN_TYPE,
+    START_NS,
+    STATUS,
+    TRACE_ID,
+    USER_ID,
     EventKind,
     clean_float,
     clean_int_any,
     clean_text,
 )
+from tracewriter._records import event_metadata as _decoded_metadata
 from tracewriter.errors import ConfigurationError
 
 __all__ = ["OtlpProvider", "OtlpStats", "event_metadata"]
 
 _log = get_logger("otlp")
 
-# Event positions, derived in this one place (becomes an import of _records' constants).
-(
-    KIND,
-    START_NS,
-    END_NS,
-    TRACE_ID,
-    SPAN_ID,
-    PARENT_SPAN_ID,
-    NAME,
-    SPAN_TYPE,
-    STATUS,
-    DURATION_MS,
-    ERROR_TYPE,
-    ERROR_MESSAGE,
-    USER_ID,
-    SESSION_ID,
-    KB_ID,
-    METADATA,
-    DETAIL,
-) = (
-    Event._fields.index(name)
-    for name in (
-        "kind",
-        "start_ns",
-        "end_ns",
-        "trace_id",
-        "span_id",
-        "parent_span_id",
-        "name",
-        "span_type",
-        "status",
-        "duration_ms",
-        "error_type",
-        "error_message",
-        "user_id",
-        "session_id",
-        "kb_id",
-        "metadata",
-        "detail",
-    )
-)
 
 _SCOPE: Final = InstrumentationScope(name="tracewriter")
 _MAX_U64: Final = 2**64 - 1
@@ -153,17 +127,16 @@ def event_metadata(value: object) -> dict[str, Any] | None:
         return None
     if type(value) is dict:
         return value
-    decoded: Any = value
-    if isinstance(value, bytes | bytearray | memoryview | str):
+    if isinstance(value, bytes | bytearray | memoryview):
+        value = bytes(value).decode("utf-8", "replace")
+    decoded: Any = _decoded_metadata(value)  # the writer's own decoding of JSON text
+    if type(value) is str and decoded is None and value.strip() != "null":
+        decoded = value  # not JSON: keep the text rather than lose it
+    elif isinstance(decoded, Mapping) and type(decoded) is not dict:
         try:
-            decoded = orjson.loads(value)
-        except orjson.JSONDecodeError:
-            decoded = value if isinstance(value, str) else bytes(value).decode("utf-8", "replace")
-    elif isinstance(value, Mapping):
-        try:
-            return dict(value)
+            return dict(decoded)
         except Exception:
-            return {"value": clean_text(value)}
+            return {"value": clean_text(decoded)}
     return decoded if isinstance(decoded, dict) else {"value": decoded}
 
 
