@@ -320,20 +320,36 @@ async def run_e2e(report: Report, dsn: str, *, calls: int, traces: int, repeats:
         )
 
 
-def main() -> None:
-    """``python -m benchmarks.cost DSN [calls] [traces]``: the figures above, printed."""
-    import sys  # noqa: PLC0415
+def main(argv: list[str] | None = None) -> None:
+    """Print the figures above; ``make bench`` runs them as its "cost" section.
+
+    To measure an older version with the same harness, put its package first on the path and
+    run from outside the checkout (``python -m`` puts the current directory first)::
+
+        git archive REV tracewriter sql | tar -x -C /tmp/old
+        cd /tmp && PYTHONPATH=/tmp/old:$REPO python -m benchmarks.cost DSN --repeats 3
+
+    ``DSN`` names a migrated database (``tracewriter migrate``); its tables are emptied.
+    """
+    import argparse  # noqa: PLC0415
 
     from benchmarks._common import quiet_logging  # noqa: PLC0415
     from benchmarks.run import print_table  # noqa: PLC0415
 
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.cost", description=__doc__)
+    parser.add_argument("dsn", nargs="?", help="a migrated database; without it, GC figures only")
+    parser.add_argument("--calls", type=int, default=200_000)
+    parser.add_argument("--traces", type=int, default=25_000)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--gc-events", type=int, default=20_000)
+    args = parser.parse_args(argv)
     quiet_logging()
     report = Report()
-    run_gc(report, 20_000)
-    if len(sys.argv) > 1:
-        calls = int(sys.argv[2]) if len(sys.argv) > 2 else 200_000
-        traces = int(sys.argv[3]) if len(sys.argv) > 3 else 25_000
-        asyncio.run(run_e2e(report, sys.argv[1], calls=calls, traces=traces, repeats=1))
+    run_gc(report, args.gc_events)
+    if args.dsn:
+        asyncio.run(
+            run_e2e(report, args.dsn, calls=args.calls, traces=args.traces, repeats=args.repeats)
+        )
     print_table(report)
 
 

@@ -26,7 +26,7 @@ from tracewriter._context import (
     reset_context,
     tracewriter_current_context,
 )
-from tracewriter._ids import new_span_id
+from tracewriter._ids import new_span_id, new_trace_id
 from tracewriter._logging import RateLimitedLog, get_logger
 from tracewriter._provider import LoopThread, PostgresProvider, Provider, WriterStats
 from tracewriter._records import (
@@ -348,16 +348,22 @@ class ObservabilityService:
         """Record a finished LLM call as a complete span; returns its span id, always."""
         span_id = new_span_id()
         try:
-            parent = ctx or current_context() or TraceContext.new_root()
+            parent = ctx or current_context()
             end_ns = time_ns()
             start_ns = end_ns
             # The row's timestamp is the call's start; 0 < d < 1e12 is also false for NaN.
             if type(duration_ms) in (float, int) and 0 < duration_ms < 1e12:  # type: ignore[operator]
                 start_ns = end_ns - int(duration_ms * 1_000_000)  # type: ignore[operator]
+            if parent is not None:
+                trace_id, parent_id = parent.trace_id, parent.span_id
+                user_id, session_id, kb_id = parent.user_id, parent.session_id, parent.kb_id
+            else:
+                # What a fresh root context would give, without building one.
+                trace_id, parent_id = new_trace_id(), new_span_id()
+                user_id = session_id = kb_id = None
             self._emit(
-                (_SPAN, start_ns, end_ns, parent.trace_id, span_id, parent.span_id, name,
-                "llm", status, duration_ms, None, error_message, parent.user_id,
-                parent.session_id, parent.kb_id,
+                (_SPAN, start_ns, end_ns, trace_id, span_id, parent_id, name,
+                "llm", status, duration_ms, None, error_message, user_id, session_id, kb_id,
                 None if metadata is None else snapshot_metadata(metadata),
                 (model, provider, input_tokens, output_tokens, cached_input_tokens,
                  reasoning_tokens))
