@@ -91,6 +91,16 @@ def _error_fields(error: object) -> tuple[str | None, str | None]:
     return None, clean_text(error, ERROR_MESSAGE_CHARS)
 
 
+def _outcome(status: object, error: object) -> tuple[object, str | None, str | None]:
+    """``(status, error_type, error_message)``: status defaults to ``error`` when there is one."""
+    error_type, error_message = _error_fields(error)
+    if status is None:
+        status = "ok" if error is None else "error"
+    elif type(status) is not str:
+        status = clean_text(status, 32)  # as text now, so the event keeps only atomic values
+    return status, error_type, error_message
+
+
 def end_event(  # noqa: PLR0917 - positional on purpose: it is on the end path
     child: TraceContext,
     start_ns: int,
@@ -114,11 +124,7 @@ def end_event(  # noqa: PLR0917 - positional on purpose: it is on the end path
             (exc_type.__qualname__, None) if exc is None else _error_fields(exc)
         )
     else:
-        error_type, error_message = _error_fields(error)
-        if status is None:
-            status = "ok" if error is None else "error"
-        elif type(status) is not str:
-            status = clean_text(status, 32)
+        status, error_type, error_message = _outcome(status, error)
     detail: tuple[Any, ...] | None = (model, provider, tin, tout, tcached, treason)
     if detail == _NO_DETAIL:
         detail = None  # nothing for the typed columns: the end of a plain span
@@ -198,10 +204,25 @@ class SpanHandle:
             if repeated:
                 _repeated_log.hit(span_id=self.span_id, ends=svc.duplicate_span_ends)
                 return
-            facts = make_facts(status, error, model, provider, input_tokens, output_tokens,
-                               cached_input_tokens, reasoning_tokens, metadata)  # fmt: skip
+            # end_event() inlined: this is the other half of the hot path start_span() began.
+            duration = (monotonic() - self._mono) * 1000.0
+            if error is None and (status is None or type(status) is str):
+                outcome: object = status or "ok"
+                error_type = error_message = None
+            else:
+                outcome, error_type, error_message = _outcome(status, error)
+            detail: tuple[Any, ...] | None = (
+                model, provider, input_tokens, output_tokens, cached_input_tokens,
+                reasoning_tokens,
+            )  # fmt: skip
+            if detail == _NO_DETAIL:
+                detail = None
+            ctx = self.context
             svc._emit(
-                end_event(self.context, self._start_ns, self._mono, self._name, self._type, facts)
-            )
+                (_SPAN_END, self._start_ns, time_ns(), ctx.trace_id, ctx.span_id,
+                ctx.parent_span_id, self._name, self._type, outcome, duration, error_type,
+                error_message, ctx.user_id, ctx.session_id, ctx.kb_id,
+                None if metadata is None else _snapshot(metadata), detail)
+            )  # fmt: skip
         except Exception as exc:
             svc._internal_error("span_handle_end", exc)
