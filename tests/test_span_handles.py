@@ -4,6 +4,7 @@ through the public API against a real PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import threading
 from typing import Any
@@ -76,6 +77,31 @@ async def test_a_streamed_call_records_model_and_tokens_known_only_at_the_end(
         "SELECT count(*) FROM observability.spans WHERE span_id = $1", handle.span_id
     )
     assert count == 1
+    rolled = await pool.fetchval(
+        "SELECT sum(sum) FROM observability.metrics_aggregates "
+        "WHERE metric = 'llm.input_tokens' AND model = 'gpt-4o-2024-08-06'"
+    )
+    assert rolled == 812  # the end-time tokens roll up like log_llm_call's
+
+
+def test_handle_and_scope_events_are_invisible_to_the_cycle_collector() -> None:
+    """The events start_span, end and a scope with set() buffer hold only atomic values, so
+    after a collection the cycle collector tracks none of them."""
+    svc = ObservabilityService("postgresql://nobody@localhost/never_connected")
+    ctx = svc.start_trace("gc")
+    handle = svc.start_span(ctx, "llm.stream", "llm", {"a": [1, 2]})
+    handle.end(model="m", provider="p", input_tokens=1, output_tokens=2, metadata={"b": {"c": 1}})
+    failed = svc.start_span(ctx, "llm.fails", "llm")
+    failed.end(error=ValueError("bad"), status=object())
+    scope = svc.span(ctx, "llm.scoped", "llm")
+    with scope:
+        scope.set(model="m", cached_input_tokens=3, metadata={"d": 1}, error=ValueError("x"))
+    assert svc.postgres is not None
+    events = list(svc.postgres._buffer._items)
+    assert len(events) == 7
+    gc.collect()
+    gc.collect()
+    assert [e for e in events if gc.is_tracked(e)] == []
 
 
 async def test_a_child_made_between_start_and_end_links_to_the_handle(

@@ -100,7 +100,9 @@ class Event(NamedTuple):
     ``end_ns`` the wall-clock end for end and complete events. ``detail`` carries the fields of
     one kind: ``(model, provider, input_tokens, output_tokens, cached_input_tokens,
     reasoning_tokens)`` for LLM spans, ``(role, content, token_count)`` for chat messages,
-    ``(document_id, event_type, chunk_count)`` for document events. ``metadata`` is what the
+    ``(document_id, event_type, chunk_count)`` for document events; a span's end event may
+    carry the LLM layout too (facts known only at the end: a span handle's model and tokens),
+    its None fields meaning "not known here". ``metadata`` is what the
     caller passed, snapshotted: for a dict, its JSON encoding as ``str`` (read it with
     :func:`event_metadata`); a copy of a dict that orjson refused; anything else as given.
     """
