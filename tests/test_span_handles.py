@@ -11,13 +11,18 @@ from typing import Any
 
 import asyncpg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tracewriter import EventKind, ObservabilityService, SpanHandle, TraceContext, current_context
-from tracewriter._records import build
-from tracewriter._schema import SPANS
+from tracewriter._records import build, coalesce
+from tracewriter._schema import SPAN_COLUMNS, SPANS
 from tracewriter._sql import Statements
 
 pytestmark = pytest.mark.timeout(120)
+
+NEVER = "postgresql://nobody@localhost/never_connected"  # an unstarted writer only buffers
+_TOKEN_COLUMNS = ("input_tokens", "output_tokens", "cached_input_tokens", "reasoning_tokens")
 
 
 def service(dsn: str, **kw: Any) -> ObservabilityService:
@@ -87,7 +92,7 @@ async def test_a_streamed_call_records_model_and_tokens_known_only_at_the_end(
 def test_handle_and_scope_events_are_invisible_to_the_cycle_collector() -> None:
     """The events start_span, end and a scope with set() buffer hold only atomic values, so
     after a collection the cycle collector tracks none of them."""
-    svc = ObservabilityService("postgresql://nobody@localhost/never_connected")
+    svc = ObservabilityService(NEVER)
     ctx = svc.start_trace("gc")
     handle = svc.start_span(ctx, "llm.stream", "llm", {"a": [1, 2]})
     handle.end(model="m", provider="p", input_tokens=1, output_tokens=2, metadata={"b": {"c": 1}})
@@ -363,3 +368,58 @@ async def test_a_span_scope_accepts_end_time_facts(db_dsn: str, pool: asyncpg.Po
     row = await span_row(pool, failing_id)
     assert (row["status"], row["error_type"]) == ("error", "KeyError")
     assert (row["model"], row["input_tokens"]) == ("m-1", 5)
+
+
+class _Hostile:
+    """An object whose str() fails, as a caller's value might."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+
+_anything = st.one_of(
+    st.none(),
+    st.text(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.binary(max_size=8),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=4), st.integers(), max_size=3),
+    st.just(_Hostile()),
+    st.builds(ValueError, st.text(max_size=20)),
+)
+_end_keywords = (
+    "status", "error", "model", "provider", "input_tokens", "output_tokens",
+    "cached_input_tokens", "reasoning_tokens", "metadata",
+)  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.fixed_dictionaries({}, optional=dict.fromkeys(_end_keywords, _anything)))
+def test_any_end_arguments_never_raise_and_always_build_a_row(kwargs: dict[str, Any]) -> None:
+    """Whatever handle.end() and scope.set() are given, neither raises nor counts an internal
+    error, and the coalesced event, and the end alone (the late-end path), build into span
+    rows whose typed columns hold text and in-range integers only."""
+    svc = ObservabilityService(NEVER)
+    handle = svc.start_span(None, "llm.fuzz", "llm")
+    handle.end(**kwargs)
+    scope = svc.span(None, "llm.fuzz.scoped", "llm")
+    with scope:
+        scope.set(**kwargs)
+    assert svc.internal_errors == 0
+    assert svc.postgres is not None
+    events = list(svc.postgres._buffer._items)
+    assert len(events) == 4
+    for start, end in (events[:2], events[2:]):
+        for event in (coalesce(start, end), end):
+            table, row = build(event)
+            assert table == SPANS
+            values = dict(zip(SPAN_COLUMNS, row, strict=True))
+            for column in ("status", "model", "provider", "error_type", "error_message"):
+                assert values[column] is None or (
+                    type(values[column]) is str and "\x00" not in values[column]
+                )
+            for column in _TOKEN_COLUMNS:
+                value = values[column]
+                assert value is None or (type(value) is int and -(2**31) <= value < 2**31)
