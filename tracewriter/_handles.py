@@ -25,7 +25,7 @@ from tracewriter._records import snapshot_metadata as _snapshot
 if TYPE_CHECKING:
     from tracewriter._service import ObservabilityService
 
-__all__ = ["Facts", "SpanHandle", "end_event", "make_facts", "merge_facts"]
+__all__ = ["Facts", "SpanHandle", "end_event", "merge_facts"]
 
 _log = get_logger("service")
 _SPAN_END: Final = EventKind.SPAN_END
@@ -37,35 +37,11 @@ _repeated_log: Final = RateLimitedLog(_log, "span_end_repeated")
 
 # What a caller may say about a span's end, in this order:
 # (status, error, model, provider, input_tokens, output_tokens, cached_input_tokens,
-#  reasoning_tokens, metadata). metadata is already snapshotted; the rest is as given.
+#  reasoning_tokens, metadata), as span scopes' set() keeps them: metadata already
+#  snapshotted, the rest as given (end_event() makes them event values).
 Facts = tuple[Any, ...]
 _NO_FACTS: Final[Facts] = (None,) * 9
 _NO_DETAIL: Final = (None,) * 6
-
-
-def make_facts(  # noqa: PLR0917 - the keywords of end() and set(), in one place
-    status: object,
-    error: object,
-    model: object,
-    provider: object,
-    input_tokens: object,
-    output_tokens: object,
-    cached_input_tokens: object,
-    reasoning_tokens: object,
-    metadata: object,
-) -> Facts:
-    """The facts tuple of an ``end()`` / ``set()`` call (metadata snapshotted now)."""
-    return (
-        status,
-        error,
-        model,
-        provider,
-        input_tokens,
-        output_tokens,
-        cached_input_tokens,
-        reasoning_tokens,
-        None if metadata is None else _snapshot(metadata),
-    )
 
 
 def merge_facts(earlier: Facts | None, later: Facts) -> Facts:

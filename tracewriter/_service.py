@@ -26,7 +26,7 @@ from tracewriter._context import (
     reset_context,
     tracewriter_current_context,
 )
-from tracewriter._handles import Facts, SpanHandle, end_event, make_facts, merge_facts
+from tracewriter._handles import Facts, SpanHandle, end_event, merge_facts
 from tracewriter._ids import new_span_id
 from tracewriter._logging import RateLimitedLog, get_logger
 from tracewriter._provider import LoopThread, PostgresProvider, Provider, WriterStats
@@ -122,9 +122,11 @@ class _SpanScope:
         Never raises.
         """
         try:
-            facts = make_facts(status, error, model, provider, input_tokens, output_tokens,
-                               cached_input_tokens, reasoning_tokens, metadata)  # fmt: skip
-            self._facts = merge_facts(self._facts, facts)
+            facts = (status, error, model, provider, input_tokens, output_tokens,
+                     cached_input_tokens, reasoning_tokens,
+                     None if metadata is None else snapshot_metadata(metadata))  # fmt: skip
+            earlier = self._facts  # usually None: set() once, when the stream's usage arrives
+            self._facts = facts if earlier is None else merge_facts(earlier, facts)
         except Exception as exc:
             self._svc._internal_error("span_set", exc)
 
