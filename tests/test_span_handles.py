@@ -423,3 +423,28 @@ def test_any_end_arguments_never_raise_and_always_build_a_row(kwargs: dict[str, 
             for column in _TOKEN_COLUMNS:
                 value = values[column]
                 assert value is None or (type(value) is int and -(2**31) <= value < 2**31)
+
+
+def test_racing_ends_record_exactly_one() -> None:
+    """Many threads ending the same handles at once: each handle enqueues exactly one end and
+    every other call is counted as a duplicate."""
+    svc = ObservabilityService(NEVER)
+    handles = [svc.start_span(None, f"llm.{i}", "llm") for i in range(200)]
+    enqueued = svc.stats().enqueued  # type: ignore[union-attr]
+    barrier = threading.Barrier(8)
+
+    def end_all(worker: int) -> None:
+        barrier.wait()
+        for handle in handles:
+            handle.end(output_tokens=worker)
+
+    threads = [threading.Thread(target=end_all, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stats = svc.stats()
+    assert stats is not None and stats.balances()
+    assert stats.enqueued == enqueued + len(handles)
+    assert svc.duplicate_span_ends == 7 * len(handles)
+    assert all(h.ended for h in handles)
