@@ -100,7 +100,9 @@ class Event(NamedTuple):
     ``end_ns`` the wall-clock end for end and complete events. ``detail`` carries the fields of
     one kind: ``(model, provider, input_tokens, output_tokens, cached_input_tokens,
     reasoning_tokens)`` for LLM spans, ``(role, content, token_count)`` for chat messages,
-    ``(document_id, event_type, chunk_count)`` for document events. ``metadata`` is what the
+    ``(document_id, event_type, chunk_count)`` for document events; a span's end event may
+    carry the LLM layout too (facts known only at the end: a span handle's model and tokens),
+    its None fields meaning "not known here". ``metadata`` is what the
     caller passed, snapshotted: for a dict, its JSON encoding as ``str`` (read it with
     :func:`event_metadata`); a copy of a dict that orjson refused; anything else as given.
     """
@@ -772,7 +774,8 @@ def coalesce(start: EventTuple, end: EventTuple) -> EventTuple:
     its wall-clock end; metadata is the end's merged over the start's (as the end-upsert's
     ``metadata || EXCLUDED.metadata`` would). The kind becomes the end's, whose builder makes
     a complete row. Building once from this costs about half of building the start's open
-    row and then completing it.
+    row and then completing it. An end's ``detail`` (a span handle's model and tokens) goes
+    over the start's field by field, as the end-upsert's ``COALESCE`` does.
     """
     metadata = start[METADATA]
     end_metadata = end[METADATA]
@@ -788,8 +791,19 @@ def coalesce(start: EventTuple, end: EventTuple) -> EventTuple:
         *end[STATUS:USER_ID],
         *start[USER_ID:METADATA],
         metadata,
-        start[DETAIL],
+        start[DETAIL] if end[DETAIL] is None else _merge_detail(start[DETAIL], end[DETAIL]),
     )
+
+
+def _merge_detail(start: object, end: object) -> object:
+    """The end's typed facts (a handle's model, tokens) over the start's, field by field.
+
+    As the end-upsert's ``COALESCE(EXCLUDED.x, t.x)``: a fact the end does not know keeps
+    the start's value. Malformed details are left for the row builder to pad or refuse.
+    """
+    if type(start) is not tuple or type(end) is not tuple or len(start) != len(end):
+        return end
+    return tuple(s if e is None else e for s, e in zip(start, end, strict=True))
 
 
 def _complete_span(event: EventTuple) -> Row:

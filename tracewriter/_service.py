@@ -26,6 +26,7 @@ from tracewriter._context import (
     reset_context,
     tracewriter_current_context,
 )
+from tracewriter._handles import Facts, SpanHandle, end_event, merge_facts
 from tracewriter._ids import new_span_id, new_trace_id
 from tracewriter._logging import RateLimitedLog, get_logger
 from tracewriter._provider import LoopThread, PostgresProvider, Provider, WriterStats
@@ -70,6 +71,7 @@ class _SpanScope:
 
     __slots__ = (
         "_child",
+        "_facts",
         "_meta",
         "_mono",
         "_name",
@@ -97,6 +99,36 @@ class _SpanScope:
         self._token: Any = None
         self._start_ns = 0
         self._mono = 0.0
+        self._facts: Facts | None = None
+
+    def set(
+        self,
+        *,
+        status: str | None = None,
+        error: BaseException | str | None = None,
+        model: str | None = None,
+        provider: str | None = None,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        cached_input_tokens: int | None = None,
+        reasoning_tokens: int | None = None,
+        metadata: Any = None,
+    ) -> None:
+        """Facts the span ends with, known only inside the block (a streamed call's usage).
+
+        The keywords of :meth:`SpanHandle.end`; recorded when the block exits. A later call's
+        arguments replace an earlier one's, except those it leaves None. If the block raises,
+        the status and error are the exception's; the model, tokens and metadata are kept.
+        Never raises.
+        """
+        try:
+            facts = (status, error, model, provider, input_tokens, output_tokens,
+                     cached_input_tokens, reasoning_tokens,
+                     None if metadata is None else snapshot_metadata(metadata))  # fmt: skip
+            earlier = self._facts  # usually None: set() once, when the stream's usage arrives
+            self._facts = facts if earlier is None else merge_facts(earlier, facts)
+        except Exception as exc:
+            self._svc._internal_error("span_set", exc)
 
     def __enter__(self) -> str:
         try:
@@ -135,7 +167,12 @@ class _SpanScope:
     ) -> None:
         try:
             child = self._child
-            if child is not None:
+            if child is not None and self._facts is not None:
+                self._svc._emit(
+                    end_event(child, self._start_ns, self._mono, self._name, self._type,
+                              self._facts, exc_type, exc)
+                )  # fmt: skip
+            elif child is not None:
                 duration = (monotonic() - self._mono) * 1000.0
                 failed = exc_type is not None
                 self._svc._emit(
@@ -223,6 +260,7 @@ class ObservabilityService:
         self.provider_failures: Counter[str] = Counter()
         self._failure_logs: dict[str, RateLimitedLog] = {}
         self.internal_errors = 0
+        self.duplicate_span_ends = 0  # SpanHandle.end called again: ignored, counted here
         self.rejected = 0
         self._rejected_log = RateLimitedLog(_log, "event_rejected")
         self._internal_log = RateLimitedLog(_log, "recording_failed", level="error")
@@ -328,6 +366,46 @@ class ObservabilityService:
         exception's type and message, and the exception propagates unchanged.
         """
         return _SpanScope(self, ctx, name, span_type, metadata)
+
+    def start_span(
+        self,
+        ctx: TraceContext | None,
+        name: str,
+        span_type: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> SpanHandle:
+        """Start a child span of ``ctx`` (or of the current context) that ends when told.
+
+        For spans that outlive a block: a streamed call, or a callback framework's
+        ``on_llm_start`` / ``on_llm_end``. Returns a :class:`SpanHandle` carrying the span id
+        and the span's own context; end it once with ``handle.end(...)``, from any task or
+        thread, giving what is known only then (status, error, model, provider, tokens). It
+        does not change the current context. Never raises.
+        """
+        try:
+            parent = ctx or current_context() or TraceContext.new_root()
+            start_ns = time_ns()
+            mono = monotonic()
+            child = make_context(
+                parent.trace_id,
+                new_span_id(),
+                parent.span_id,
+                parent.user_id,
+                parent.session_id,
+                parent.kb_id,
+                _fromtimestamp(start_ns / 1e9, _UTC),  # time_ns() is always in range
+                mono,
+            )
+            self._emit(
+                (_SPAN_START, start_ns, None, child.trace_id, child.span_id,
+                child.parent_span_id, name, span_type, None, None, None, None,
+                child.user_id, child.session_id, child.kb_id,
+                None if metadata is None else snapshot_metadata(metadata), None)
+            )  # fmt: skip
+            return SpanHandle(self, child, start_ns, mono, name, span_type)
+        except Exception as exc:
+            self._internal_error("start_span", exc)
+            return SpanHandle(self, TraceContext.new_root(), time_ns(), monotonic(), name, None)
 
     def log_llm_call(
         self,

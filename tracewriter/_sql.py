@@ -52,10 +52,14 @@ def _unnest(columns: tuple[str, ...], first_param: int = 1) -> str:
 def _end_upsert(qschema: str, table: str) -> str:
     columns = schema.COLUMNS[table]
     sets = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in schema.END_UPDATE_COLUMNS)
+    fills = "".join(
+        f', "{c}" = COALESCE(EXCLUDED."{c}", t."{c}")'
+        for c in schema.END_FILL_COLUMNS.get(table, ())
+    )
     return (
         f"INSERT INTO {qschema}.{table} AS t ({_cols(columns)}) "
         f"SELECT * FROM {_unnest(columns)} "
-        f'ON CONFLICT (id, "timestamp") DO UPDATE SET {sets}, '
+        f'ON CONFLICT (id, "timestamp") DO UPDATE SET {sets}{fills}, '
         "metadata = CASE WHEN EXCLUDED.metadata IS NULL THEN t.metadata "
         "WHEN t.metadata IS NULL THEN EXCLUDED.metadata "
         "ELSE t.metadata || EXCLUDED.metadata END"
