@@ -142,7 +142,7 @@ class Flusher:
     def has_pending(self) -> bool:
         """Whether any taken event is still unwritten (held open, or waiting for a retry)."""
         return bool(
-            self._assembler.held
+            self._assembler.pending_events()  # held starts, and rows of a cut-short build
             or self._unbuilt
             or any(self._inserts.values())
             or any(self._ends.values())
