@@ -143,6 +143,9 @@ def serve(variant: str, port: int, dsn: str | None) -> None:
         lifespan="on",
         access_log=False,
         log_level="warning",
+        # The client's pool keeps connections it rarely needs; uvicorn's default 5 s would
+        # close them under it and count as errors.
+        timeout_keep_alive=300,
     )
 
 
