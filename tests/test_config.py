@@ -87,6 +87,7 @@ def test_from_env_reads_every_field_type() -> None:
         "TRACEWRITER_REDACT": "email, jwt",
         "TRACEWRITER_CAPTURE_CONTENT": "preview",
         "TRACEWRITER_SAMPLE_RATE": "0.25",
+        "TRACEWRITER_SAMPLE_FOLLOW_PARENT": "off",
     }
     assert set(env) == {WriterConfig.env_var(name) for name in FIELDS}
     config = WriterConfig.from_env(env)
@@ -112,6 +113,7 @@ def test_from_env_reads_every_field_type() -> None:
         redact="email, jwt",
         capture_content="preview",
         sample_rate=0.25,
+        sample_follow_parent=False,
     )
     assert isinstance(config.max_batch_rows, int)
     assert isinstance(config.flush_interval, float)
@@ -279,6 +281,7 @@ INVALID_VALUES: list[tuple[str, Any]] = [
     ("sample_rate", 1.5),
     ("sample_rate", -0.1),
     ("sample_rate", "0.5"),
+    ("sample_follow_parent", "yes"),
 ]
 
 

@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tracewriter import _schema as schema
+from tracewriter._context import TraceContext
 from tracewriter._policy import (
     ALL_KINDS,
     DEFAULT_KINDS,
@@ -301,3 +302,22 @@ def test_keeps_row_keeps_error_rows_and_rescued_trace_rows() -> None:
     assert not policy.keeps_row(schema.SPANS, ok_span)
     assert policy.keeps_row(schema.SPANS, bad_span)
     assert policy.keeps_row(schema.TRACES, trace_row)
+
+
+def test_a_trace_continued_from_a_traceparent_follows_its_sampled_flag() -> None:
+    """Flag 00 drops a trace the ratio would keep and 01 keeps one it would drop, unless
+    sample_follow_parent is off."""
+    ids = seeded_trace_ids(1000, seed=99)
+    kept_by_ratio = next(t for t in ids if is_sampled(t, 0.5))
+    dropped_by_ratio = next(t for t in ids if not is_sampled(t, 0.5))
+    assert TraceContext.from_traceparent(f"00-{kept_by_ratio}-b7ad6b7169203331-00") is not None
+    assert TraceContext.from_traceparent(f"00-{dropped_by_ratio}-b7ad6b7169203331-01")
+    following, ignoring = (
+        Policy(sample_rate=0.5),
+        Policy(sample_rate=0.5, sample_follow_parent=False),
+    )
+    assert not following.trace_sampled(kept_by_ratio)
+    assert following.trace_sampled(dropped_by_ratio)
+    assert ignoring.trace_sampled(kept_by_ratio)
+    assert not ignoring.trace_sampled(dropped_by_ratio)
+    assert Policy(sample_rate=1.0).trace_sampled(kept_by_ratio)  # sampling off: all written

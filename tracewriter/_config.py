@@ -67,6 +67,8 @@ class WriterConfig:
             ``none`` (length and SHA-256 in metadata ``content_length``/``content_sha256``).
         sample_rate: fraction of traces written (0 to 1), a head decision from the trace id;
             errors are always written and metric roll-ups count every call.
+        sample_follow_parent: when sampling (``sample_rate`` < 1), a trace continued from a
+            ``traceparent`` header is kept or dropped as its sampled flag says.
     """
 
     dsn: str | None = None
@@ -90,6 +92,7 @@ class WriterConfig:
     redact: Any = "default"
     capture_content: str = "full"
     sample_rate: float = 1.0
+    sample_follow_parent: bool = True
 
     def __repr__(self) -> str:
         parts = (
@@ -258,6 +261,7 @@ _RULES: Final[dict[str, tuple[_Kind, str, Callable[[Any], bool]]]] = {
     ),
     "capture_content": ("str", "one of full, preview, none", _valid_capture),
     "sample_rate": ("float", "a number from 0 to 1", lambda v: 0.0 <= v <= 1.0),
+    "sample_follow_parent": ("bool", "a boolean (1/0, true/false, yes/no, on/off)", _always),
 }
 
 

@@ -64,6 +64,7 @@ class FlusherSettings:
     redact: object = "default"
     capture_content: str = "full"
     sample_rate: float = 1.0
+    sample_follow_parent: bool = True
 
 
 @dataclass(slots=True)
@@ -114,7 +115,12 @@ class Flusher:
         self._settings = settings
         self._clock = clock
         self._assembler = Assembler(open_row_grace=settings.open_row_grace, build=build)
-        self._policy = Policy(settings.redact, settings.capture_content, settings.sample_rate)
+        self._policy = Policy(
+            settings.redact,
+            settings.capture_content,
+            settings.sample_rate,
+            settings.sample_follow_parent,
+        )
         self._inserts: dict[str, list[_Batch]] = {}
         self._ends: dict[str, list[_Batch]] = {}
         self._metric_batches: list[tuple[str, list[Row]]] = []

@@ -24,6 +24,7 @@ from typing import Any, Final
 
 import orjson
 
+from tracewriter._context import remote_sampled_flag
 from tracewriter._records import (
     DETAIL,
     ERROR_MESSAGE,
@@ -355,18 +356,20 @@ class Policy:
     ``apply(event)`` does all of it for one event and returns None when it is sampled out.
     """
 
-    __slots__ = ("_rescued", "_threshold", "capture", "rate", "redactor")
+    __slots__ = ("_rescued", "_threshold", "capture", "follow_parent", "rate", "redactor")
 
     def __init__(
         self,
         redact: object = None,
         capture_content: str = "full",
         sample_rate: float = 1.0,
+        sample_follow_parent: bool = True,
     ) -> None:
         self.redactor = Redactor(parse_redact(redact))
         self.capture = parse_capture(capture_content)
         self.rate = parse_sample_rate(sample_rate)
         self._threshold = rejection_threshold(self.rate)
+        self.follow_parent = bool(sample_follow_parent)
         # Unsampled traces in which an error was seen: their trace row is kept. Insertion
         # ordered, oldest forgotten first, so it stays bounded however long the writer runs.
         self._rescued: dict[str, None] = {}
@@ -437,9 +440,18 @@ class Policy:
     # --- sampling ---
 
     def trace_sampled(self, trace_id: object) -> bool:
-        """The head decision for ``trace_id`` (non-text ids are kept, to be refused later)."""
+        """The head decision for ``trace_id`` (non-text ids are kept, to be refused later).
+
+        A trace continued in this process from a ``traceparent`` header follows the header's
+        sampled flag when ``sample_follow_parent`` is on (so every service of a distributed
+        trace keeps or drops it alike); with ``sample_rate`` 1 nothing is sampled out at all.
+        """
         if self._threshold <= 0:
             return True
+        if self.follow_parent:
+            flag = remote_sampled_flag(trace_id)  # type: ignore[arg-type]
+            if flag is not None:
+                return flag
         try:
             return int(trace_id[18:], 16) >= self._threshold  # type: ignore[index]
         except (TypeError, ValueError):
