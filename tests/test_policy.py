@@ -321,3 +321,11 @@ def test_a_trace_continued_from_a_traceparent_follows_its_sampled_flag() -> None
     assert ignoring.trace_sampled(kept_by_ratio)
     assert not ignoring.trace_sampled(dropped_by_ratio)
     assert Policy(sample_rate=1.0).trace_sampled(kept_by_ratio)  # sampling off: all written
+
+
+def test_a_card_after_other_digit_groups_is_still_found() -> None:
+    """A card number preceded or followed by other digit groups is redacted, the rest kept."""
+    redactor = Policy(redact="card").redactor
+    assert redactor.text("c", "ref 0042 4111 1111 1111 1111") == "ref 0042 [card]"
+    assert redactor.text("c", "5555-5555-5555-4444 12") == "[card] 12"
+    assert redactor.text("c", "00004111111111111111") == "00004111111111111111"  # one number

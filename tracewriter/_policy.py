@@ -71,8 +71,10 @@ UserRedactor = Callable[[str, str], str]
 # Each kind: a cheap substring test (a C-level scan) that every match must pass, so text without
 # the trigger skips the regular expression, and the expression itself.
 _EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
-# 13 to 19 digits, optionally grouped by single spaces or dashes; Luhn-checked after matching.
-_CARD = re.compile(r"(?<![0-9])[0-9](?:[ \-]?[0-9]){12,18}(?![0-9])")
+# A run of 13 or more digits, optionally grouped by single spaces or dashes; within it, any 13
+# to 19 digits from a group's start to a group's end that pass the Luhn check are a card (a
+# card can follow other digit groups: "ref 0042 4111 1111 1111 1111").
+_CARD = re.compile(r"[0-9](?:[ \-]?[0-9]){12,}")
 # OpenAI keys (sk-…, sk-proj-…, sk-svcacct-…) and AWS access key ids (AKIA/ASIA + 16).
 _API_KEY = re.compile(
     r"(?<![A-Za-z0-9])sk-(?:[A-Za-z0-9]+-)*[A-Za-z0-9_\-]{16,}"
@@ -98,24 +100,46 @@ def _luhn(digits: str) -> bool:
 
 
 def _card_marker(match: re.Match[str]) -> str:
-    digits = match.group().replace(" ", "").replace("-", "")
-    return "[card]" if _luhn(digits) else match.group()
+    run = match.group()
+    end = len(run)
+    at = [i for i, ch in enumerate(run) if "0" <= ch <= "9"]  # the run's digits, by position
+    count = len(at)
+    out: list[str] = []
+    copied = 0
+    k = 0
+    while k < count:
+        i = at[k]
+        if i == 0 or not "0" <= run[i - 1] <= "9":  # a group starts here: try 19 digits down
+            for last in range(min(k + 18, count - 1), k + 11, -1):
+                j = at[last]
+                if (j + 1 == end or not "0" <= run[j + 1] <= "9") and _luhn(
+                    "".join(run[at[t]] for t in range(k, last + 1))
+                ):
+                    out.append(run[copied:i])
+                    out.append("[card]")
+                    copied = j + 1
+                    k = last
+                    break
+        k += 1
+    if not out:
+        return run
+    out.append(run[copied:])
+    return "".join(out)
 
 
-def _has_digit_run(text: str) -> bool:
-    return any(ch.isdigit() for ch in text)
+Marker = str | Callable[[re.Match[str]], str]
 
-
-# kind -> (quick test, pattern, replacement). Bearer runs before api_key so that
-# "Bearer sk-…" becomes one [bearer] rather than "Bearer [api_key]".
-_BUILTINS: Final[
-    dict[str, tuple[Callable[[str], bool], re.Pattern[str], str | Callable[[re.Match[str]], str]]]
-] = {
-    "jwt": (lambda t: "eyJ" in t, _JWT, "[jwt]"),
-    "bearer": (lambda t: "earer" in t or "EARER" in t, _BEARER, "[bearer]"),
-    "api_key": (lambda t: "sk-" in t or "AKIA" in t or "ASIA" in t, _API_KEY, "[api_key]"),
-    "email": (lambda t: "@" in t, _EMAIL, "[email]"),
-    "card": (_has_digit_run, _CARD, _card_marker),
+# kind -> (substrings one of which every match contains, or None to always scan; pattern;
+# replacement). The substring tests are C-level scans, so text without a trigger (most text)
+# skips the regular expression. Bearer runs before api_key so that "Bearer sk-…" becomes one
+# [bearer] rather than "Bearer [api_key]". The bearer trigger covers "Bearer", "bearer" and
+# "BEARER" (what clients write); the pattern itself ignores case.
+_BUILTINS: Final[dict[str, tuple[tuple[str, ...] | None, re.Pattern[str], Marker]]] = {
+    "jwt": (("eyJ",), _JWT, "[jwt]"),
+    "bearer": (("earer", "EARER"), _BEARER, "[bearer]"),
+    "api_key": (("sk-", "AKIA", "ASIA"), _API_KEY, "[api_key]"),
+    "email": (("@",), _EMAIL, "[email]"),
+    "card": (None, _CARD, _card_marker),
 }
 ALL_KINDS: Final = ("email", "card", "api_key", "bearer", "jwt")
 # On by default: the shapes of credentials, which nobody means to store and which rarely occur
@@ -219,26 +243,46 @@ def parse_sample_rate(value: object) -> float:
 class Redactor:
     """Applies a :class:`RedactSpec` to text and to metadata at any depth; never raises."""
 
-    __slots__ = ("_function", "_rules", "_spec", "failures")
+    __slots__ = (
+        "_enabled",
+        "_function",
+        "_rules",
+        "_spec",
+        "_triggers",
+        "_unscannable",
+        "failures",
+    )
 
     def __init__(self, spec: RedactSpec) -> None:
         self._spec = spec
         self._rules = [_BUILTINS[k] for k in _BUILTINS if k in spec.kinds]
         self._function = spec.function
+        self._enabled = spec.enabled
+        # Encoded metadata can be skipped, undecoded, when none of these substrings occurs in
+        # it — unless a rule has no trigger, or the user's patterns or callable must see it.
+        self._triggers = tuple(t for triggers, _, _ in self._rules for t in triggers or ())
+        self._unscannable = bool(
+            spec.patterns or spec.function or any(t is None for t, _, _ in self._rules)
+        )
         self.failures = 0
 
     @property
     def enabled(self) -> bool:
         """Whether this redactor changes anything."""
-        return self._spec.enabled
+        return self._enabled
 
     def text(self, field: str, text: str) -> str:
         """``text`` with every match replaced by its marker; a raising redactor gives the
         failure marker (and counts)."""
         try:
-            for quick, pattern, marker in self._rules:
-                if quick(text):
-                    text = pattern.sub(marker, text)
+            for triggers, pattern, marker in self._rules:
+                if triggers is not None:
+                    for trigger in triggers:
+                        if trigger in text:
+                            break
+                    else:
+                        continue
+                text = pattern.sub(marker, text)
             for pattern in self._spec.patterns:
                 text = pattern.sub(_USER_MARKER, text)
             if self._function is not None:
@@ -257,23 +301,41 @@ class Redactor:
         Only the built-in kinds can tell from the encoded text (their triggers survive JSON
         encoding unescaped); the user's patterns and callable see every string.
         """
+        if not self._unscannable:
+            for trigger in self._triggers:
+                if trigger in raw:
+                    break
+            else:
+                return True  # the common case: one memchr-speed scan per trigger
         if self._spec.patterns or self._function is not None or "\\u" in raw:
             return False
-        return not any(quick(raw) and pattern.search(raw) for quick, pattern, _ in self._rules)
+        for triggers, pattern, _ in self._rules:
+            if (triggers is None or any(t in raw for t in triggers)) and pattern.search(raw):
+                return False
+        return True
 
     def value(self, value: Any, path: str, depth: int = 0) -> Any:
-        """A JSON value with every string in it (keys included) redacted."""
+        """A JSON value with every string in it (keys included) redacted.
+
+        ``path`` names where the value sits (``metadata.a.0.b``), for the user's callable; it
+        is only spelled out when there is a callable to see it.
+        """
         if isinstance(value, str):
             return self.text(path, value)
         if depth > 64:  # deeper than the writer ever encodes: no text survives
             return FAILED_MARKER
+        named = self._function is not None
         if isinstance(value, dict):
+            text = self.text
             return {
-                self.text(path, str(k)): self.value(v, f"{path}.{k}", depth + 1)
+                text(path, k): self.value(v, f"{path}.{k}" if named else path, depth + 1)
                 for k, v in value.items()
             }
         if isinstance(value, list):
-            return [self.value(v, f"{path}.{i}", depth + 1) for i, v in enumerate(value)]
+            return [
+                self.value(v, f"{path}.{i}" if named else path, depth + 1)
+                for i, v in enumerate(value)
+            ]
         return value
 
     def metadata(self, metadata: object) -> object:
@@ -425,9 +487,16 @@ class Policy:
                 elif self.capture == "none":
                     metadata = _with_content_digest(metadata, text)
                     text = ""
-                detail = (detail[0], text, *detail[2:])
+                if text is not content:
+                    detail = (detail[0], text, *detail[2:])
         elif not redacting:
             return event
+        if (
+            error_message is event[ERROR_MESSAGE]
+            and metadata is event[METADATA]
+            and detail is event[DETAIL]
+        ):
+            return event  # nothing matched: no new tuple
         return (
             *event[:ERROR_MESSAGE],
             error_message,
