@@ -3,7 +3,8 @@
 Owns two things that must change together under one lock: the queue of events not yet taken
 by the flusher, and the counters that say what became of every event ever offered. At every
 moment ``enqueued == written + dropped_overflow + dead_lettered + rejected_invalid +
-sampled_out + buffered + in_flight``. It knows nothing of SQL, asyncpg, or what an event contains.
+sampled_out + buffered + in_flight``. It knows nothing of SQL, asyncpg, or what an event
+contains.
 """
 
 from __future__ import annotations
