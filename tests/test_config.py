@@ -84,6 +84,10 @@ def test_from_env_reads_every_field_type() -> None:
         "TRACEWRITER_PROVIDER_NAME": "pg-main",
         "TRACEWRITER_COPY_YIELD_ROWS": "64",
         "TRACEWRITER_DEAD_LETTER_MAX_CHARS": "2000",
+        "TRACEWRITER_REDACT": "email, jwt",
+        "TRACEWRITER_CAPTURE_CONTENT": "preview",
+        "TRACEWRITER_SAMPLE_RATE": "0.25",
+        "TRACEWRITER_SAMPLE_FOLLOW_PARENT": "off",
     }
     assert set(env) == {WriterConfig.env_var(name) for name in FIELDS}
     config = WriterConfig.from_env(env)
@@ -106,6 +110,10 @@ def test_from_env_reads_every_field_type() -> None:
         provider_name="pg-main",
         copy_yield_rows=64,
         dead_letter_max_chars=2000,
+        redact="email, jwt",
+        capture_content="preview",
+        sample_rate=0.25,
+        sample_follow_parent=False,
     )
     assert isinstance(config.max_batch_rows, int)
     assert isinstance(config.flush_interval, float)
@@ -265,6 +273,15 @@ INVALID_VALUES: list[tuple[str, Any]] = [
     ("provider_name", 5),
     ("copy_yield_rows", 0),
     ("dead_letter_max_chars", 0),
+    ("redact", "email,phone"),
+    ("redact", 5),
+    ("redact", [lambda f, t: t, lambda f, t: t]),
+    ("capture_content", "everything"),
+    ("capture_content", None),
+    ("sample_rate", 1.5),
+    ("sample_rate", -0.1),
+    ("sample_rate", "0.5"),
+    ("sample_follow_parent", "yes"),
 ]
 
 

@@ -26,6 +26,7 @@ from typing import Final
 from tracewriter._assembler import Assembler, Pending
 from tracewriter._buffer import Buffer
 from tracewriter._logging import RateLimitedLog, get_logger
+from tracewriter._policy import Policy
 from tracewriter._records import EventTuple, InvalidEvent, Row, build, clean_text
 from tracewriter._rollup import Rollup
 from tracewriter._sink import (
@@ -59,6 +60,10 @@ class FlusherSettings:
     partition_check_interval: float = 600.0
     provider_name: str = "postgres"
     dead_letter_max_chars: int = 100_000
+    redact: object = "default"
+    capture_content: str = "full"
+    sample_rate: float = 1.0
+    sample_follow_parent: bool = True
 
 
 @dataclass(slots=True)
@@ -75,6 +80,7 @@ class FlusherStats:
     consecutive_failures: int = 0
     internal_errors: int = 0
     held_open: int = 0
+    redaction_failures: int = 0
 
 
 class _Batch:
@@ -120,6 +126,12 @@ class Flusher:
         self._settings = settings
         self._clock = clock
         self._assembler = Assembler(open_row_grace=settings.open_row_grace, build=build)
+        self._policy = Policy(
+            settings.redact,
+            settings.capture_content,
+            settings.sample_rate,
+            settings.sample_follow_parent,
+        )
         self._inserts: dict[str, list[_Batch]] = {}
         self._ends: dict[str, list[_Batch]] = {}
         self._metric_batches: list[tuple[str, list[Row]]] = []
@@ -155,6 +167,7 @@ class Flusher:
             self._stats,
             rows_written=dict(self._stats.rows_written),
             held_open=self._assembler.held,
+            redaction_failures=self._policy.redaction_failures,
         )
 
     def note_task_died(self) -> None:
@@ -275,16 +288,57 @@ class Flusher:
         self._unbuilt.extend(self._buffer.take())
         assembler = self._assembler
         now = self._clock()
-        while self._unbuilt:
-            assembler.add(self._unbuilt, now, _BUILD_CHUNK)
+        # Redaction and content capture happen here, per slice, before any row is built: a
+        # row (hence a dead letter, a log line, a roll-up) never sees the original text.
+        prepare = self._policy.prepare if self._policy.changes_events else None
+        unbuilt = self._unbuilt
+        while unbuilt:
+            if prepare is None:
+                assembler.add(unbuilt, now, _BUILD_CHUNK)
+            else:
+                popleft = unbuilt.popleft
+                count = min(_BUILD_CHUNK, len(unbuilt))
+                assembler.add(deque([prepare(popleft()) for _ in range(count)]), now, count)
             self._settle_rejected()
             if self._unbuilt:
                 await asyncio.sleep(0)  # assembling is CPU work on the host's loop: share it
         # Open rows past their grace (or all of them when forced) are written open now.
         assembler.release(now, force=force)
         inserts, ends = assembler.take()
+        if self._policy.samples:
+            self._sample_out(inserts, ends)
         self._batch_up(self._inserts, inserts)
         self._batch_up(self._ends, ends)
+
+    def _sample_out(self, inserts: dict[str, Pending], ends: dict[str, Pending]) -> None:
+        """Take the rows of unsampled traces out of the batch; they still feed the roll-ups.
+
+        Errors are noted across every table first, so that a trace row assembled in the same
+        flush as its failed span is kept with it.
+        """
+        policy = self._policy
+        for fresh in (inserts, ends):
+            for table, pending in fresh.items():
+                policy.note_errors(table, pending.rows)
+        keeps = policy.keeps_row
+        sampled_out = 0
+        for fresh in (inserts, ends):
+            for table, pending in fresh.items():
+                kept_rows: list[Row] = []
+                kept_weights = bytearray()
+                dropped_rows: list[Row] = []
+                for row, weight in zip(pending.rows, pending.weights, strict=True):
+                    if keeps(table, row):
+                        kept_rows.append(row)
+                        kept_weights.append(weight)
+                    else:
+                        dropped_rows.append(row)
+                        sampled_out += weight
+                if dropped_rows:
+                    self._rollup.add_rows(table, dropped_rows)
+                    pending.rows, pending.weights = kept_rows, kept_weights
+        if sampled_out:
+            self._buffer.settle(sampled_out=sampled_out)
 
     def _settle_rejected(self) -> None:
         rejected = self._assembler.take_rejected()

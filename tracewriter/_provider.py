@@ -75,7 +75,10 @@ class WriterStats(LedgerSnapshot):
 
     Events are counted, not rows: a span whose start and end were coalesced is two events
     written as one row. At every moment ``enqueued == written + dropped_overflow +
-    dead_lettered + rejected_invalid + buffered + in_flight``. ``dropped_overflow`` counts every
+    dead_lettered + rejected_invalid + sampled_out + buffered + in_flight``; ``sampled_out``
+    counts events of unsampled traces (``sample_rate``), which still feed the metric roll-ups.
+    ``redaction_failures`` counts fields replaced by ``[redaction_failed]`` because a
+    redactor raised. ``dropped_overflow`` counts every
     event dropped rather than written — for a full buffer, or because it arrived after
     ``close()`` or was still unwritten when the close deadline passed (``dropped_at_close``).
     """
@@ -90,6 +93,7 @@ class WriterStats(LedgerSnapshot):
     last_error: str | None = None
     consecutive_failures: int = 0
     internal_errors: int = 0
+    redaction_failures: int = 0
     running: bool = False
 
 
