@@ -126,12 +126,7 @@ class Flusher:
         self._settings = settings
         self._clock = clock
         self._assembler = Assembler(open_row_grace=settings.open_row_grace, build=build)
-        self._policy = Policy(
-            settings.redact,
-            settings.capture_content,
-            settings.sample_rate,
-            settings.sample_follow_parent,
-        )
+        self._policy = Policy.of(settings)
         self._inserts: dict[str, list[_Batch]] = {}
         self._ends: dict[str, list[_Batch]] = {}
         self._metric_batches: list[tuple[str, list[Row]]] = []

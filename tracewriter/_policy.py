@@ -20,7 +20,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import orjson
 
@@ -409,6 +409,19 @@ _RESCUED_MAX: Final = 100_000
 # --- the policy -------------------------------------------------------------------------------
 
 
+class PolicySettings(Protocol):
+    """The settings a :class:`Policy` is made of (``WriterConfig`` and ``FlusherSettings``)."""
+
+    @property
+    def redact(self) -> object: ...
+    @property
+    def capture_content(self) -> str: ...
+    @property
+    def sample_rate(self) -> float: ...
+    @property
+    def sample_follow_parent(self) -> bool: ...
+
+
 class Policy:
     """Redaction, content capture and sampling, as configured; one per writer or exporter.
 
@@ -435,6 +448,16 @@ class Policy:
         # Unsampled traces in which an error was seen: their trace row is kept. Insertion
         # ordered, oldest forgotten first, so it stays bounded however long the writer runs.
         self._rescued: dict[str, None] = {}
+
+    @classmethod
+    def of(cls, settings: PolicySettings) -> Policy:
+        """The policy a writer configuration (or the flusher's part of it) describes."""
+        return cls(
+            settings.redact,
+            settings.capture_content,
+            settings.sample_rate,
+            settings.sample_follow_parent,
+        )
 
     @property
     def changes_events(self) -> bool:

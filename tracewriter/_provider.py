@@ -29,6 +29,7 @@ from tracewriter._config import WriterConfig, redact_dsn
 from tracewriter._flusher import Flusher, FlusherSettings
 from tracewriter._logging import get_logger
 from tracewriter._pgsink import PostgresSink
+from tracewriter._policy import Policy
 from tracewriter._records import EventTuple
 from tracewriter._sink import Sink
 from tracewriter.errors import ConfigurationError, WriterClosedError
@@ -67,6 +68,11 @@ class Provider(Protocol):
 
     async def close(self, timeout: float | None = None) -> None:
         """Deliver what it can within ``timeout``, then release what it holds."""
+
+    def use_policy(self, policy: Policy) -> None:
+        """Take the service's redaction, content capture and sampling, to apply off the hot
+        path before anything leaves the process (the default ignores it: a provider that
+        exports events must not, see :class:`tracewriter.otlp.OtlpProvider`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +223,10 @@ class PostgresProvider:
     def reject(self) -> None:
         """Count one event the service refused before building it (a bad argument)."""
         self._buffer.reject()
+
+    def use_policy(self, policy: Policy) -> None:
+        """Nothing to take: this writer's flusher applies the policy its own configuration
+        describes (the service's, since the service builds both from one config)."""
 
     # --- lifecycle ----------------------------------------------------------------------------
 
