@@ -19,6 +19,7 @@ from tracewriter._policy import (
     DEFAULT_KINDS,
     FAILED_MARKER,
     Policy,
+    Redactor,
     is_sampled,
     parse_redact,
 )
@@ -342,3 +343,17 @@ def test_redacted_metadata_keeps_integers_past_64_bits_exact() -> None:
         prepared = Policy().prepare(event(metadata=snapshot_metadata(source)))
         _, row = build(prepared)
         assert json.loads(row[-1]) == want
+
+
+def test_an_unexpected_failure_blanks_every_text_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    """If preparing an event fails outright, its texts become markers rather than pass through."""
+    policy = Policy(redact="all")
+
+    def broken(self: Redactor, metadata: object) -> object:
+        raise MemoryError  # a fault no input can provoke: the policy's own code failing
+
+    monkeypatch.setattr(Redactor, "metadata", broken)
+    prepared = policy.prepare(chat(SECRETS["email"][0], snapshot_metadata({"a": 1})))
+    assert prepared[DETAIL][1] == FAILED_MARKER
+    assert event_metadata(prepared[METADATA]) == {"metadata": FAILED_MARKER}
+    assert policy.redaction_failures == 1

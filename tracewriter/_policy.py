@@ -460,13 +460,33 @@ class Policy:
     def prepare(self, event: EventTuple) -> EventTuple:
         """``event`` with its text redacted and its content captured as configured.
 
-        Never raises: an event this cannot read is returned unchanged (the row builder refuses
-        it and counts it).
+        Never raises, and never lets unredacted text through: if preparing fails unexpectedly,
+        every text field of the event is replaced by the failure marker (and counted); an
+        event too malformed even for that is returned unchanged, for the row builder to refuse
+        and count.
         """
         try:
             return self._prepare(event)
         except Exception:
+            return self._blanked(event)
+
+    def _blanked(self, event: EventTuple) -> EventTuple:
+        try:
+            detail = event[DETAIL]
+            if event[KIND] == EventKind.CHAT and type(detail) is tuple and len(detail) >= 2:
+                detail = (detail[0], FAILED_MARKER, *detail[2:])
+            blanked = (
+                *event[:ERROR_MESSAGE],
+                None if event[ERROR_MESSAGE] is None else FAILED_MARKER,
+                *event[ERROR_MESSAGE + 1 : METADATA],
+                None if event[METADATA] is None else {"metadata": FAILED_MARKER},
+                detail,
+                *event[DETAIL + 1 :],
+            )
+        except Exception:
             return event
+        self.redactor.failures += 1
+        return blanked
 
     def _prepare(self, event: EventTuple) -> EventTuple:
         redactor = self.redactor
