@@ -19,6 +19,7 @@ from tracewriter._policy import (
     DEFAULT_KINDS,
     FAILED_MARKER,
     Policy,
+    Redactor,
     is_sampled,
     parse_redact,
 )
@@ -30,6 +31,7 @@ from tracewriter._records import (
     EventKind,
     build,
     event_metadata,
+    metadata_text,
     snapshot_metadata,
 )
 
@@ -154,7 +156,8 @@ def test_metadata_is_redacted_at_any_depth_keys_included() -> None:
         deep = {f"level{i}": [deep, SECRETS["email"][0]]}
     deep[SECRETS["email"][1]] = SECRETS["card"][0]
     prepared = policy.prepare(event(metadata=snapshot_metadata(deep)))
-    text = prepared[METADATA]
+    text = metadata_text(prepared[METADATA])
+    assert text is not None
     for _, value in ALL_SECRETS:
         assert value not in text
     assert "[jwt]" in text and "[email]" in text and "[card]" in text
@@ -172,7 +175,8 @@ def test_metadata_snapshot_that_orjson_refused_is_redacted() -> None:
     meta = snapshot_metadata({"big": 2**70, "who": SECRETS["email"][0]})
     assert isinstance(meta, dict)
     out = Policy(redact="email").prepare(event(metadata=meta))[METADATA]
-    assert json.loads(out) == {"big": 2**70, "who": "[email]"}
+    _, row = build(event(metadata=out))
+    assert json.loads(row[-1]) == {"big": 2**70, "who": "[email]"}
 
 
 def chat(content: object, metadata: object = None) -> tuple[Any, ...]:
@@ -329,3 +333,27 @@ def test_a_card_after_other_digit_groups_is_still_found() -> None:
     assert redactor.text("c", "ref 0042 4111 1111 1111 1111") == "ref 0042 [card]"
     assert redactor.text("c", "5555-5555-5555-4444 12") == "[card] 12"
     assert redactor.text("c", "00004111111111111111") == "00004111111111111111"  # one number
+
+
+def test_redacted_metadata_keeps_integers_past_64_bits_exact() -> None:
+    """Metadata holding a huge integer and backslash text reads back exact, redacted or not."""
+    meta = {"": ["\\u0000", 2**80], "k": SECRETS["api_key"][0]}
+    plain = {"": ["\\u0000", 2**80]}
+    for source, want in ((meta, {**plain, "k": "[api_key]"}), (plain, plain)):
+        prepared = Policy().prepare(event(metadata=snapshot_metadata(source)))
+        _, row = build(prepared)
+        assert json.loads(row[-1]) == want
+
+
+def test_an_unexpected_failure_blanks_every_text_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    """If preparing an event fails outright, its texts become markers rather than pass through."""
+    policy = Policy(redact="all")
+
+    def broken(self: Redactor, metadata: object) -> object:
+        raise MemoryError  # a fault no input can provoke: the policy's own code failing
+
+    monkeypatch.setattr(Redactor, "metadata", broken)
+    prepared = policy.prepare(chat(SECRETS["email"][0], snapshot_metadata({"a": 1})))
+    assert prepared[DETAIL][1] == FAILED_MARKER
+    assert event_metadata(prepared[METADATA]) == {"metadata": FAILED_MARKER}
+    assert policy.redaction_failures == 1

@@ -232,3 +232,32 @@ async def test_sampling_keeps_a_tenth_of_whole_traces_every_error_and_whole_roll
     sampled_rollup = [tuple(r) for r in await pool.fetch(ROLLUP_SQL, "kb-sampled")]
     full_rollup = [tuple(r) for r in await pool.fetch(ROLLUP_SQL, "kb-full")]
     assert sampled_rollup and sampled_rollup == full_rollup
+
+
+async def test_a_raising_redactor_keeps_the_event_with_a_marker_and_counts(
+    db_dsn: str, pool: asyncpg.Pool
+) -> None:
+    """A user redactor that raises on chat content stores the marker; the failure is counted."""
+
+    def picky(field: str, text: str) -> str:
+        if field == "content":
+            raise RuntimeError(text)
+        return text.replace("ACME", "[customer]")
+
+    svc = ObservabilityService(db_dsn, redact=["default", picky], flush_interval=0.05)
+    await svc.start()
+    ctx = svc.start_trace("t", kb_id="kb-picky", metadata={"who": "ACME"})
+    svc.log_chat_message(ctx, role="user", content="ACME " + SECRETS["openai"])
+    svc.end_trace(ctx)
+    assert await svc.flush(timeout=60)
+    stats = svc.stats()
+    await svc.close()
+    assert stats is not None and stats.balances() and stats.redaction_failures == 1
+    assert stats.written == 3
+    content = await pool.fetchval(
+        "SELECT content FROM observability.chat_messages WHERE kb_id = 'kb-picky'"
+    )
+    meta = await pool.fetchval(
+        "SELECT metadata->>'who' FROM observability.traces WHERE kb_id = 'kb-picky'"
+    )
+    assert (content, meta) == ("[redaction_failed]", "[customer]")

@@ -22,8 +22,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-import orjson
-
 from tracewriter._context import remote_sampled_flag
 from tracewriter._records import (
     DETAIL,
@@ -37,7 +35,6 @@ from tracewriter._records import (
     EventTuple,
     Row,
     clean_text,
-    encode_metadata,
     metadata_text,
 )
 from tracewriter._schema import (
@@ -70,14 +67,18 @@ UserRedactor = Callable[[str, str], str]
 
 # Each kind: a cheap substring test (a C-level scan) that every match must pass, so text without
 # the trigger skips the regular expression, and the expression itself.
-_EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
+# Every repetition is bounded (RFC 5321's 64-character local part, 63-character labels) so that
+# a megabyte of text cannot make a pattern backtrack quadratically.
+_EMAIL = re.compile(
+    r"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63}){0,8}\.[A-Za-z]{2,24}"
+)
 # A run of 13 or more digits, optionally grouped by single spaces or dashes; within it, any 13
 # to 19 digits from a group's start to a group's end that pass the Luhn check are a card (a
 # card can follow other digit groups: "ref 0042 4111 1111 1111 1111").
 _CARD = re.compile(r"[0-9](?:[ \-]?[0-9]){12,}")
 # OpenAI keys (sk-…, sk-proj-…, sk-svcacct-…) and AWS access key ids (AKIA/ASIA + 16).
 _API_KEY = re.compile(
-    r"(?<![A-Za-z0-9])sk-(?:[A-Za-z0-9]+-)*[A-Za-z0-9_\-]{16,}"
+    r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-]{16,}"
     r"|(?<![A-Z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])"
 )
 _BEARER = re.compile(r"(?i)\bbearer\s+[A-Za-z0-9\-._~+/]+=*")
@@ -87,16 +88,7 @@ FAILED_MARKER: Final = "[redaction_failed]"
 _USER_MARKER: Final = "[redacted]"
 
 
-def _luhn(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = ord(ch) - 48
-        if i % 2:
-            d *= 2
-            if d > 9:
-                d -= 9
-        total += d
-    return total % 10 == 0
+_DOUBLED: Final = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)  # a Luhn-doubled digit, its digits summed
 
 
 def _card_marker(match: re.Match[str]) -> str:
@@ -104,6 +96,14 @@ def _card_marker(match: re.Match[str]) -> str:
     end = len(run)
     at = [i for i, ch in enumerate(run) if "0" <= ch <= "9"]  # the run's digits, by position
     count = len(at)
+    # Luhn sums of every window in O(1): prefix[p][t] sums digits 0..t-1, doubling those whose
+    # index parity differs from p (a window ending at index e doubles exactly those).
+    prefix: list[list[int]] = [[0], [0]]
+    for t, i in enumerate(at):
+        d = ord(run[i]) - 48
+        for parity in (0, 1):
+            row = prefix[parity]
+            row.append(row[-1] + (d if t % 2 == parity else _DOUBLED[d]))
     out: list[str] = []
     copied = 0
     k = 0
@@ -112,9 +112,10 @@ def _card_marker(match: re.Match[str]) -> str:
         if i == 0 or not "0" <= run[i - 1] <= "9":  # a group starts here: try 19 digits down
             for last in range(min(k + 18, count - 1), k + 11, -1):
                 j = at[last]
-                if (j + 1 == end or not "0" <= run[j + 1] <= "9") and _luhn(
-                    "".join(run[at[t]] for t in range(k, last + 1))
-                ):
+                row = prefix[last % 2]
+                if (j + 1 == end or not "0" <= run[j + 1] <= "9") and (
+                    row[last + 1] - row[k]
+                ) % 10 == 0:
                     out.append(run[copied:i])
                     out.append("[card]")
                     copied = j + 1
@@ -339,21 +340,24 @@ class Redactor:
         return value
 
     def metadata(self, metadata: object) -> object:
-        """An event's metadata (JSON text or a snapshot) redacted, as JSON text."""
+        """An event's metadata (JSON text or a snapshot) redacted.
+
+        Returned as it came when nothing in it can match (the common case: no decoding), else
+        as the redacted Python value, which the row builder encodes exactly as it encodes a
+        snapshot. Decoded with the standard library, which keeps integers past 64 bits exact
+        (orjson would turn them into floats).
+        """
         if metadata is None:
             return None
         raw = metadata_text(metadata)
         if raw is None or self._quick_skip(raw):
-            return raw
+            return metadata
         try:
-            decoded = orjson.loads(raw)
+            decoded = json.loads(raw)
         except Exception:
-            try:
-                decoded = json.loads(raw)  # integers past 64 bits: the standard library keeps them
-            except Exception:
-                self.failures += 1
-                return json.dumps({"metadata": FAILED_MARKER})
-        return encode_metadata(self.value(decoded, "metadata"))
+            self.failures += 1
+            return {"metadata": FAILED_MARKER}
+        return self.value(decoded, "metadata")
 
 
 # --- sampling ---------------------------------------------------------------------------------
@@ -479,13 +483,33 @@ class Policy:
     def prepare(self, event: EventTuple) -> EventTuple:
         """``event`` with its text redacted and its content captured as configured.
 
-        Never raises: an event this cannot read is returned unchanged (the row builder refuses
-        it and counts it).
+        Never raises, and never lets unredacted text through: if preparing fails unexpectedly,
+        every text field of the event is replaced by the failure marker (and counted); an
+        event too malformed even for that is returned unchanged, for the row builder to refuse
+        and count.
         """
         try:
             return self._prepare(event)
         except Exception:
+            return self._blanked(event)
+
+    def _blanked(self, event: EventTuple) -> EventTuple:
+        try:
+            detail = event[DETAIL]
+            if event[KIND] == EventKind.CHAT and type(detail) is tuple and len(detail) >= 2:
+                detail = (detail[0], FAILED_MARKER, *detail[2:])
+            blanked = (
+                *event[:ERROR_MESSAGE],
+                None if event[ERROR_MESSAGE] is None else FAILED_MARKER,
+                *event[ERROR_MESSAGE + 1 : METADATA],
+                None if event[METADATA] is None else {"metadata": FAILED_MARKER},
+                detail,
+                *event[DETAIL + 1 :],
+            )
+        except Exception:
             return event
+        self.redactor.failures += 1
+        return blanked
 
     def _prepare(self, event: EventTuple) -> EventTuple:
         redactor = self.redactor
@@ -620,20 +644,21 @@ class Policy:
         return self.prepare(event) if self.changes_events else event
 
 
-def _with_content_digest(metadata: object, text: str) -> str | None:
-    """Metadata (JSON text or a snapshot) with ``content_length`` and ``content_sha256`` added."""
+def _with_content_digest(metadata: object, text: str) -> dict[str, Any]:
+    """Metadata (JSON text or a snapshot) with ``content_length`` and ``content_sha256`` added,
+    as a Python value for the row builder to encode."""
     digest = {
         "content_length": len(text),
         "content_sha256": hashlib.sha256(text.encode("utf-8", "replace")).hexdigest(),
     }
     raw = metadata_text(metadata)
     if raw is None:
-        return encode_metadata(digest)
+        return digest
     try:
         decoded = json.loads(raw)
     except Exception:
-        return encode_metadata(digest)
+        return digest
     if isinstance(decoded, dict):
         decoded.update(digest)
-        return encode_metadata(decoded)
-    return encode_metadata({"value": decoded, **digest})
+        return decoded
+    return {"value": decoded, **digest}
