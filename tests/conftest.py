@@ -7,12 +7,12 @@ it, and drops it at the end, so runs never see each other's rows.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 
+import _citus
 import asyncpg
 import pytest
 
@@ -57,23 +57,15 @@ MigratedDatabase = Callable[[str], contextlib.AbstractContextManager[str]]
 def migrated_database(server_dsn: str) -> MigratedDatabase:
     """``with migrated_database(prefix) as dsn``: a fresh, migrated database, dropped after."""
 
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(server_dsn)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
     @contextlib.contextmanager
     def create(prefix: str) -> Iterator[str]:
         name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
         try:
-            dsn = _with_database(server_dsn, name)
+            dsn = _citus.create_database(server_dsn, name)  # distributed on a Citus cluster
             apply_migrations(dsn)
             yield dsn
         finally:
-            asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            _citus.drop_database(server_dsn, name)
 
     return create
 

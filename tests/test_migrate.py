@@ -26,7 +26,7 @@ from tracewriter.migrate import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-MIGRATIONS = ["0001.schema", "0002.roles"]
+MIGRATIONS = ["0001.schema", "0002.roles", "0003.trace_keys"]
 SECRET = "s3cret-pa55word"
 
 
@@ -101,11 +101,11 @@ def test_apply_rollback_and_reapply_round_trip(empty_db: str) -> None:
 def test_rollback_count_rolls_back_only_the_newest(empty_db: str) -> None:
     """count=1 rolls back the newest migration and leaves the older one applied."""
     apply_migrations(empty_db)
-    assert rollback_migrations(empty_db, count=1) == ["0002.roles"]
-    assert list_migrations(empty_db) == [("0001.schema", True), ("0002.roles", False)]
+    assert rollback_migrations(empty_db, count=1) == ["0003.trace_keys"]
+    assert list_migrations(empty_db) == [(m, m != "0003.trace_keys") for m in MIGRATIONS]
     assert schema_exists(empty_db)
     assert rollback_migrations(empty_db, count=0) == []
-    assert apply_migrations(empty_db) == ["0002.roles"]
+    assert apply_migrations(empty_db) == ["0003.trace_keys"]
 
 
 def test_rollback_refuses_a_negative_count(db_dsn: str) -> None:
@@ -214,7 +214,7 @@ def test_notices_from_the_migrations_reach_the_caller(db_dsn: str, empty_db: str
     """Rolling back the roles while another database still uses them reports that they were kept."""
     apply_migrations(empty_db)
     notices: list[str] = []
-    rollback_migrations(empty_db, count=1, on_notice=notices.append)
+    rollback_migrations(empty_db, count=2, on_notice=notices.append)  # 0003, then 0002
     # db_dsn's database holds grants to both roles, so neither may be dropped.
     assert any("tracewriter_writer kept" in n for n in notices), notices
     assert any("tracewriter_reader kept" in n for n in notices), notices
@@ -240,13 +240,20 @@ def test_cli_migrates_lists_and_rolls_back(
     assert "up to date" in capsys.readouterr().out
 
     assert cli.main(["migrate", "--dsn", empty_db, "--rollback", "--count", "1"]) == 0
-    assert capsys.readouterr().out.splitlines() == ["rolled back 0002.roles"]
+    assert capsys.readouterr().out.splitlines() == ["rolled back 0003.trace_keys"]
 
     assert cli.main(["migrate", "--dsn", empty_db, "--list"]) == 0
-    assert capsys.readouterr().out.splitlines() == ["[x] 0001.schema", "[ ] 0002.roles"]
+    assert capsys.readouterr().out.splitlines() == [
+        "[x] 0001.schema",
+        "[x] 0002.roles",
+        "[ ] 0003.trace_keys",
+    ]
 
     assert cli.main(["migrate", "--dsn", empty_db, "--rollback"]) == 0
-    assert capsys.readouterr().out.splitlines() == ["rolled back 0001.schema"]
+    assert capsys.readouterr().out.splitlines() == [
+        "rolled back 0002.roles",
+        "rolled back 0001.schema",
+    ]
     assert not schema_exists(empty_db)
 
 

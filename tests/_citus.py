@@ -1,0 +1,120 @@
+"""Databases for the test harness on a Citus cluster, and plain ones everywhere else.
+
+When ``TRACEWRITER_TEST_DSN`` names a Citus coordinator (the citus extension exists in the
+database it names, and workers are registered there), every database the harness makes must be
+a distributed one: Citus keeps its node list per database, so the database is created on the
+coordinator and on every worker, the extension created in each, and the workers registered in
+it on the coordinator — what ``../shared/citus/setup.sh --database NAME`` does, over SQL. The
+migrations then distribute the trace tables there (sql/0003.trace_keys.sql).
+
+Template copies (``CREATE DATABASE ... TEMPLATE``) do not work on Citus: the coordinator's
+maintenance daemon stays connected to every distributed database, and a copy of the coordinator
+alone would point at shards of another database. There a copy is a fresh, migrated database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from tracewriter.migrate import apply_migrations
+
+__all__ = ["SHARD_COUNT", "copy_database", "create_database", "drop_database", "workers"]
+
+# Few shards per table: every one is multiplied by the partitions (15 a table) and made by DDL,
+# and the tests need more than one only to show that a trace stays on one.
+SHARD_COUNT = 2
+
+
+def _at(
+    dsn: str, *, database: str | None = None, host: str | None = None, port: int | None = None
+) -> str:
+    parts = urlsplit(dsn)
+    if host is not None:
+        user = parts.netloc.rpartition("@")[0]
+        netloc = f"{host}:{port}"
+        parts = parts._replace(netloc=f"{user}@{netloc}" if user else netloc)
+    if database is not None:
+        parts = parts._replace(path="/" + database)
+    return urlunsplit(parts)
+
+
+async def _run(dsn: str, *statements: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows: list[asyncpg.Record] = []
+        for sql in statements:
+            rows = await conn.fetch(sql)
+        return rows
+    finally:
+        await conn.close()
+
+
+@functools.cache
+def workers(server_dsn: str) -> tuple[tuple[str, int], ...]:
+    """The active Citus workers of the server at ``server_dsn``; empty when it is not Citus."""
+
+    async def find() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(server_dsn)
+        try:
+            if not await conn.fetchval("SELECT 1 FROM pg_extension WHERE extname = 'citus'"):
+                return []
+            return await conn.fetch(
+                "SELECT nodename, nodeport FROM pg_dist_node "
+                "WHERE isactive AND noderole = 'primary' AND groupid <> 0 ORDER BY nodeport"
+            )
+        finally:
+            await conn.close()
+
+    return tuple((r[0], r[1]) for r in asyncio.run(find()))
+
+
+def create_database(server_dsn: str, name: str) -> str:
+    """Create database ``name`` (distributed on Citus); return its DSN."""
+    nodes = workers(server_dsn)
+    if not nodes:
+        asyncio.run(_run(server_dsn, f'CREATE DATABASE "{name}"'))
+        return _at(server_dsn, database=name)
+
+    async def make() -> None:
+        coordinator = urlsplit(server_dsn)
+        for host, port in ((coordinator.hostname or "127.0.0.1", coordinator.port or 5432), *nodes):
+            node = _at(server_dsn, host=host, port=port)
+            await _run(node, f'CREATE DATABASE "{name}"')
+            await _run(_at(node, database=name), "CREATE EXTENSION citus")
+        await _run(
+            _at(server_dsn, database=name),
+            f"SELECT citus_set_coordinator_host('{coordinator.hostname}', {coordinator.port})",
+            *(f"SELECT citus_add_node('{h}', {p})" for h, p in nodes),
+            # The migrations read it (sql/0003.trace_keys.sql).
+            f"ALTER DATABASE \"{name}\" SET tracewriter.shard_count = '{SHARD_COUNT}'",
+        )
+
+    asyncio.run(make())
+    return _at(server_dsn, database=name)
+
+
+def copy_database(server_dsn: str, name: str, template: str) -> str:
+    """A database ``name`` like the migrated ``template``: a copy, or on Citus a fresh migration."""
+    if not workers(server_dsn):
+        asyncio.run(_run(server_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+        return _at(server_dsn, database=name)
+    dsn = create_database(server_dsn, name)
+    apply_migrations(dsn)
+    return dsn
+
+
+def drop_database(server_dsn: str, name: str) -> None:
+    """Drop database ``name`` wherever :func:`create_database` made it."""
+    coordinator = urlsplit(server_dsn)
+    nodes = ((coordinator.hostname, coordinator.port), *workers(server_dsn))
+
+    async def drop() -> None:
+        for i, (host, port) in enumerate(nodes):
+            node = server_dsn if i == 0 else _at(server_dsn, host=host, port=port)
+            await _run(node, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    asyncio.run(drop())
