@@ -16,13 +16,22 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Iterable
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 from tracewriter.migrate import apply_migrations
 
-__all__ = ["SHARD_COUNT", "copy_database", "create_database", "drop_database", "workers"]
+__all__ = [
+    "SHARD_COUNT",
+    "copy_database",
+    "create_database",
+    "drop_database",
+    "empty_tables",
+    "worker_dsns",
+    "workers",
+]
 
 # Few shards per table: every one is multiplied by the partitions (15 a table) and made by DDL,
 # and the tests need more than one only to show that a trace stays on one.
@@ -118,3 +127,22 @@ def drop_database(server_dsn: str, name: str) -> None:
             await _run(node, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     asyncio.run(drop())
+
+
+async def empty_tables(conn: asyncpg.Connection, tables: Iterable[str]) -> None:
+    """Empty the observability ``tables`` for the next test.
+
+    TRUNCATE of a distributed table is DDL on every shard of every partition (seconds, even with
+    two shards); DELETE of a test's few rows is one statement per table. Elsewhere TRUNCATE.
+    """
+    names = [f"observability.{t}" for t in tables]
+    if await conn.fetchval("SELECT to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL"):
+        for name in names:
+            await conn.execute(f"DELETE FROM {name}")
+    else:
+        await conn.execute(f"TRUNCATE {', '.join(names)} CASCADE")
+
+
+def worker_dsns(server_dsn: str, database: str) -> list[str]:
+    """DSNs of ``database`` on each worker of the Citus cluster at ``server_dsn``."""
+    return [_at(server_dsn, database=database, host=h, port=p) for h, p in workers(server_dsn)]

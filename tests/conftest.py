@@ -83,9 +83,7 @@ async def pool(db_dsn: str) -> AsyncIterator[asyncpg.Pool]:
     p = await asyncpg.create_pool(db_dsn, min_size=1, max_size=4)
     assert p is not None
     async with p.acquire() as conn:
-        await conn.execute(
-            "TRUNCATE " + ", ".join(f"observability.{t}" for t in TABLES) + " CASCADE"
-        )
+        await _citus.empty_tables(conn, TABLES)
     try:
         yield p
     finally:

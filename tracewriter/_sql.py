@@ -14,7 +14,7 @@ from typing import Final
 from tracewriter import _schema as schema
 from tracewriter.errors import ConfigurationError
 
-__all__ = ["TRACE_KEY", "Statements", "quote_ident"]
+__all__ = ["Statements", "quote_ident"]
 
 _IDENT: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -59,7 +59,7 @@ def _unnest(columns: tuple[str, ...], first_param: int = 1) -> str:
 
 # The key of the four trace tables (sql/0003.trace_keys.sql): trace_id first, because Citus
 # distributes them by it and a key there must contain the distribution column.
-TRACE_KEY: Final = ("trace_id", "id", "timestamp")
+_TRACE_KEY: Final = ("trace_id", "id", "timestamp")
 
 
 def _end_upsert(qschema: str, table: str) -> str:
@@ -68,7 +68,7 @@ def _end_upsert(qschema: str, table: str) -> str:
     return (
         f"INSERT INTO {qschema}.{table} AS t ({_cols(columns)}) "
         f"SELECT * FROM {_unnest(columns)} "
-        f"ON CONFLICT ({_cols(TRACE_KEY)}) DO UPDATE SET {sets}, "
+        f"ON CONFLICT ({_cols(_TRACE_KEY)}) DO UPDATE SET {sets}, "
         "metadata = CASE WHEN EXCLUDED.metadata IS NULL THEN t.metadata "
         "WHEN t.metadata IS NULL THEN EXCLUDED.metadata "
         "ELSE t.metadata || EXCLUDED.metadata END"
