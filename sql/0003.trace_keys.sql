@@ -63,6 +63,9 @@ LANGUAGE plpgsql
 -- search_path pinned, a caller cannot redirect any name below to objects of its own.
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+-- Citus sends the bounds below to the workers as text in the session's DateStyle, and a
+-- worker reads them in its own: a caller's 'SQL, DMY' would be misread. Pin one both agree on.
+SET datestyle = 'ISO, YMD'
 AS $fn$
 DECLARE
     v_today date := (now() AT TIME ZONE 'UTC')::date;

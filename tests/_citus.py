@@ -29,6 +29,7 @@ __all__ = [
     "create_database",
     "drop_database",
     "empty_tables",
+    "recover_in_doubt",
     "worker_dsns",
     "workers",
 ]
@@ -117,16 +118,45 @@ def copy_database(server_dsn: str, name: str, template: str) -> str:
 
 
 def drop_database(server_dsn: str, name: str) -> None:
-    """Drop database ``name`` wherever :func:`create_database` made it."""
-    coordinator = urlsplit(server_dsn)
-    nodes = ((coordinator.hostname, coordinator.port), *workers(server_dsn))
+    """Drop database ``name`` wherever :func:`create_database` made it.
+
+    A test that killed backends mid two-phase commit can leave prepared transactions on the
+    workers, and PostgreSQL refuses to drop a database they use: those are rolled back first
+    (the test is over; nobody will read its rows).
+    """
+    nodes = workers(server_dsn)
 
     async def drop() -> None:
-        for i, (host, port) in enumerate(nodes):
-            node = server_dsn if i == 0 else _at(server_dsn, host=host, port=port)
+        await _run(server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for host, port in nodes:
+            node = _at(server_dsn, host=host, port=port)
+            gids = await _run(node, f"SELECT gid FROM pg_prepared_xacts WHERE database = '{name}'")
+            if gids:
+                conn = await asyncpg.connect(_at(node, database=name))
+                try:
+                    for (gid,) in gids:
+                        await conn.execute(f"ROLLBACK PREPARED '{gid}'")
+                finally:
+                    await conn.close()
             await _run(node, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     asyncio.run(drop())
+
+
+async def recover_in_doubt(dsn: str) -> None:
+    """On Citus, finish the two-phase commits cut off between their phases, now.
+
+    A coordinator backend killed after PREPARE TRANSACTION on the workers leaves prepared
+    transactions that hold their rows' keys: a retry of the same rows waits on them until
+    Citus' maintenance daemon recovers them (``citus.recover_2pc_interval``, a minute). Tests
+    that kill backends call this instead of waiting; elsewhere it does nothing.
+    """
+    conn = await asyncpg.connect(dsn)
+    try:
+        if await conn.fetchval("SELECT to_regproc('pg_catalog.recover_prepared_transactions')"):
+            await conn.execute("SELECT recover_prepared_transactions()")
+    finally:
+        await conn.close()
 
 
 async def empty_tables(conn: asyncpg.Connection, tables: Iterable[str]) -> None:

@@ -73,11 +73,7 @@ async def test_worker_connections_killed_every_200ms_lose_and_duplicate_nothing(
     during = work.stats()
 
     async def settled() -> bool:
-        # A commit cut off between its two phases leaves a prepared transaction on a worker
-        # holding its rows' keys until recovered; Citus' maintenance daemon does this within
-        # citus.recover_2pc_interval (a minute). Do it now rather than wait.
-        async with connect(fault_db) as admin:
-            await admin.execute("SELECT recover_prepared_transactions()")
+        await _citus.recover_in_doubt(fault_db)  # commits cut off between their two phases
         return await svc.flush(timeout=5)
 
     assert await wait_for(settled, timeout=60)
