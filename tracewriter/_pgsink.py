@@ -212,7 +212,20 @@ class PostgresSink:
 
     async def upsert_ends(self, table: str, rows: Sequence[Row]) -> None:
         columns = list(zip(*rows, strict=True)) if rows else []
-        await self._guarded(self._execute(self._sql.end_upsert[table], *map(list, columns)))
+        try:
+            await self._execute(self._sql.end_upsert[table], *map(list, columns))
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate != _INTERNAL_ERROR:
+                raise classify_error(exc, self._config.dsn) from exc
+            # INSERT ... SELECT reports a worker's own SQLSTATE through Citus, so an internal
+            # error here is this server's and, for these rows, may well repeat forever: let
+            # the flusher split the batch and retry, dead-lettering only rows that keep failing.
+            message = redact_text(f"{type(exc).__name__}: {exc}", self._config.dsn)
+            raise DataSinkError(message, sqlstate=_INTERNAL_ERROR) from exc
+        except SinkError:
+            raise
+        except Exception as exc:
+            raise classify_error(exc, self._config.dsn) from exc
 
     async def upsert_metrics(self, batch_id: str, rows: Sequence[Row]) -> None:
         if not rows:
