@@ -5,7 +5,7 @@ database it names, and workers are registered there), every database the harness
 a distributed one: Citus keeps its node list per database, so the database is created on the
 coordinator and on every worker, the extension created in each, and the workers registered in
 it on the coordinator — what ``../shared/citus/setup.sh --database NAME`` does, over SQL. The
-migrations then distribute the trace tables there (sql/0003.trace_keys.sql).
+migrations then distribute the trace tables there (sql/0005.trace_keys.sql).
 
 Template copies (``CREATE DATABASE ... TEMPLATE``) do not work on Citus: the coordinator's
 maintenance daemon stays connected to every distributed database, and a copy of the coordinator
@@ -99,7 +99,7 @@ def create_database(server_dsn: str, name: str) -> str:
             _at(server_dsn, database=name),
             f"SELECT citus_set_coordinator_host('{coordinator.hostname}', {coordinator.port})",
             *(f"SELECT citus_add_node('{h}', {p})" for h, p in nodes),
-            # The migrations read it (sql/0003.trace_keys.sql).
+            # The migrations read it (sql/0005.trace_keys.sql).
             f"ALTER DATABASE \"{name}\" SET tracewriter.shard_count = '{SHARD_COUNT}'",
         )
 

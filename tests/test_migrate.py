@@ -27,7 +27,7 @@ from tracewriter.migrate import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-MIGRATIONS = ["0001.schema", "0002.roles", "0003.trace_keys"]
+MIGRATIONS = ["0001.schema", "0002.roles", "0005.trace_keys"]
 SECRET = "s3cret-pa55word"
 
 
@@ -102,11 +102,11 @@ def test_apply_rollback_and_reapply_round_trip(empty_db: str) -> None:
 def test_rollback_count_rolls_back_only_the_newest(empty_db: str) -> None:
     """count=1 rolls back the newest migration and leaves the older one applied."""
     apply_migrations(empty_db)
-    assert rollback_migrations(empty_db, count=1) == ["0003.trace_keys"]
-    assert list_migrations(empty_db) == [(m, m != "0003.trace_keys") for m in MIGRATIONS]
+    assert rollback_migrations(empty_db, count=1) == ["0005.trace_keys"]
+    assert list_migrations(empty_db) == [(m, m != "0005.trace_keys") for m in MIGRATIONS]
     assert schema_exists(empty_db)
     assert rollback_migrations(empty_db, count=0) == []
-    assert apply_migrations(empty_db) == ["0003.trace_keys"]
+    assert apply_migrations(empty_db) == ["0005.trace_keys"]
 
 
 @pytest.fixture
@@ -120,11 +120,11 @@ def own_db(server_dsn: str) -> Iterator[str]:
 
 
 def test_trace_keys_give_rows_without_a_trace_their_own_row_id(own_db: str) -> None:
-    """0003 keys the trace tables by (trace_id, id, timestamp) after giving every chat message
+    """0005 keys the trace tables by (trace_id, id, timestamp) after giving every chat message
     and document event stored without a trace id its row id in hex, so that none is refused by
     the key (or, on Citus, by the distribution)."""
     apply_migrations(own_db)
-    assert rollback_migrations(own_db, count=1) == ["0003.trace_keys"]
+    assert rollback_migrations(own_db, count=1) == ["0005.trace_keys"]
     with psycopg.connect(own_db) as conn:
         conn.execute(
             'INSERT INTO observability.chat_messages (id, "timestamp", role, content, '
@@ -134,7 +134,7 @@ def test_trace_keys_give_rows_without_a_trace_their_own_row_id(own_db: str) -> N
             'INSERT INTO observability.document_events (id, "timestamp", kb_id, document_id, '
             "event_type, status) VALUES (gen_random_uuid(), now(), 'kb', 'd', 'embed', 'ok')"
         )
-    assert apply_migrations(own_db) == ["0003.trace_keys"]
+    assert apply_migrations(own_db) == ["0005.trace_keys"]
     with psycopg.connect(own_db) as conn:
         rows = conn.execute(
             "SELECT trace_id = replace(id::text, '-', '') FROM observability.chat_messages "
@@ -250,7 +250,7 @@ def test_notices_from_the_migrations_reach_the_caller(db_dsn: str, empty_db: str
     """Rolling back the roles while another database still uses them reports that they were kept."""
     apply_migrations(empty_db)
     notices: list[str] = []
-    rollback_migrations(empty_db, count=2, on_notice=notices.append)  # 0003, then 0002
+    rollback_migrations(empty_db, count=2, on_notice=notices.append)  # 0005, then 0002
     # db_dsn's database holds grants to both roles, so neither may be dropped.
     assert any("tracewriter_writer kept" in n for n in notices), notices
     assert any("tracewriter_reader kept" in n for n in notices), notices
@@ -276,13 +276,13 @@ def test_cli_migrates_lists_and_rolls_back(
     assert "up to date" in capsys.readouterr().out
 
     assert cli.main(["migrate", "--dsn", empty_db, "--rollback", "--count", "1"]) == 0
-    assert capsys.readouterr().out.splitlines() == ["rolled back 0003.trace_keys"]
+    assert capsys.readouterr().out.splitlines() == ["rolled back 0005.trace_keys"]
 
     assert cli.main(["migrate", "--dsn", empty_db, "--list"]) == 0
     assert capsys.readouterr().out.splitlines() == [
         "[x] 0001.schema",
         "[x] 0002.roles",
-        "[ ] 0003.trace_keys",
+        "[ ] 0005.trace_keys",
     ]
 
     assert cli.main(["migrate", "--dsn", empty_db, "--rollback"]) == 0

@@ -393,7 +393,7 @@ async def test_rolling_back_the_roles_revokes_this_databases_grants(
         apply_migrations(dsn)
         with psycopg.connect(dsn) as conn:
             assert conn.execute(privileges).fetchone() == (True, True, True, True)
-        assert rollback_migrations(dsn, count=2) == ["0003.trace_keys", "0002.roles"]
+        assert rollback_migrations(dsn, count=2) == ["0005.trace_keys", "0002.roles"]
         with psycopg.connect(dsn) as conn:
             assert conn.execute(privileges).fetchone() == (False, False, False, False)
             kept = conn.execute(
@@ -401,11 +401,11 @@ async def test_rolling_back_the_roles_revokes_this_databases_grants(
                 "WHERE rolname IN ('tracewriter_writer', 'tracewriter_reader')"
             ).fetchone()
         assert kept == (2,)  # roles_db still grants to them
-        assert apply_migrations(dsn) == ["0002.roles", "0003.trace_keys"]
+        assert apply_migrations(dsn) == ["0002.roles", "0005.trace_keys"]
         assert list_migrations(dsn) == [
             ("0001.schema", True),
             ("0002.roles", True),
-            ("0003.trace_keys", True),
+            ("0005.trace_keys", True),
         ]
         with psycopg.connect(dsn) as conn:
             assert conn.execute(privileges).fetchone() == (True, True, True, True)

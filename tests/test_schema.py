@@ -140,7 +140,7 @@ COLUMNS: dict[str, list[tuple[str, str, bool]]] = {
     ],
 }
 
-# The four trace tables are keyed by trace_id first (sql/0003.trace_keys.sql): Citus distributes
+# The four trace tables are keyed by trace_id first (sql/0005.trace_keys.sql): Citus distributes
 # them by it. chat_messages and document_events hold theirs as a UNIQUE key until their trace_id
 # may be made NOT NULL; metrics_aggregates, never distributed, keeps (id, "timestamp").
 TRACE_KEY = ["trace_id", "id", "timestamp"]

@@ -57,7 +57,7 @@ def _unnest(columns: tuple[str, ...], first_param: int = 1) -> str:
     return f"unnest({args}) AS u({_cols(columns)})"
 
 
-# The key of the four trace tables (sql/0003.trace_keys.sql): trace_id first, because Citus
+# The key of the four trace tables (sql/0005.trace_keys.sql): trace_id first, because Citus
 # distributes them by it and a key there must contain the distribution column.
 _TRACE_KEY: Final = ("trace_id", "id", "timestamp")
 

@@ -26,6 +26,7 @@
 -- DATABASE ... SET), default 8. Each shard is multiplied by every partition (15 a table at first)
 -- and the four tables, so the default fits a cluster of a few workers; more shards pay off only
 -- with more worker cores. It cannot be changed here later (see Citus' alter_distributed_table).
+-- It needs only 0001's tables and functions and 0002's grants.
 -- depends: 0002.roles
 
 DO $keys$

@@ -1,4 +1,4 @@
--- Undo 0003.trace_keys: back to local tables keyed by (id, "timestamp"), and 0001's
+-- Undo 0005.trace_keys: back to local tables keyed by (id, "timestamp"), and 0001's
 -- ensure_partitions. Trace ids given to messages and events that had none stay: they are valid.
 --
 -- On Citus the four tables are first turned back into local tables on the coordinator
@@ -43,7 +43,7 @@ ALTER TABLE observability.traces DROP CONSTRAINT traces_pkey,
     ADD CONSTRAINT traces_pkey PRIMARY KEY (id, "timestamp");
 
 -- 0001's version, restored word for word: a database rolled back to 0002 must behave as one
--- that never had 0003.
+-- that never had 0005.
 CREATE OR REPLACE FUNCTION observability.ensure_partitions(
     p_days_back integer DEFAULT 1,
     p_days_ahead integer DEFAULT 7
