@@ -91,10 +91,15 @@ def create_database(server_dsn: str, name: str) -> str:
 
     async def make() -> None:
         coordinator = urlsplit(server_dsn)
-        for host, port in ((coordinator.hostname or "127.0.0.1", coordinator.port or 5432), *nodes):
-            node = _at(server_dsn, host=host, port=port)
+
+        async def on(node: str) -> None:
             await _run(node, f'CREATE DATABASE "{name}"')
             await _run(_at(node, database=name), "CREATE EXTENSION citus")
+
+        # The nodes are independent until the workers are registered: make them at once.
+        await asyncio.gather(
+            on(server_dsn), *(on(_at(server_dsn, host=h, port=p)) for h, p in nodes)
+        )
         await _run(
             _at(server_dsn, database=name),
             f"SELECT citus_set_coordinator_host('{coordinator.hostname}', {coordinator.port})",
@@ -126,19 +131,21 @@ def drop_database(server_dsn: str, name: str) -> None:
     """
     nodes = workers(server_dsn)
 
+    async def on_worker(node: str) -> None:
+        gids = await _run(node, f"SELECT gid FROM pg_prepared_xacts WHERE database = '{name}'")
+        if gids:
+            conn = await asyncpg.connect(_at(node, database=name))
+            try:
+                for (gid,) in gids:
+                    await conn.execute(f"ROLLBACK PREPARED '{gid}'")
+            finally:
+                await conn.close()
+        await _run(node, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
     async def drop() -> None:
+        # The coordinator first: nothing may route to the workers' copies while they go.
         await _run(server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        for host, port in nodes:
-            node = _at(server_dsn, host=host, port=port)
-            gids = await _run(node, f"SELECT gid FROM pg_prepared_xacts WHERE database = '{name}'")
-            if gids:
-                conn = await asyncpg.connect(_at(node, database=name))
-                try:
-                    for (gid,) in gids:
-                        await conn.execute(f"ROLLBACK PREPARED '{gid}'")
-                finally:
-                    await conn.close()
-            await _run(node, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await asyncio.gather(*(on_worker(_at(server_dsn, host=h, port=p)) for h, p in nodes))
 
     asyncio.run(drop())
 
