@@ -310,6 +310,22 @@ class _Anything:
 ANY: Any = _Anything()
 
 
+class _OwnTraceId:
+    """Equal to any valid trace id: what a message or event recorded outside a trace gets (its
+    row id in hex, which the test does not know in advance)."""
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __eq__(self, other: object) -> bool:
+        return valid_hex(other, 32)
+
+    def __repr__(self) -> str:
+        return "OWN_TRACE_ID"
+
+
+OWN_TRACE_ID: Any = _OwnTraceId()
+
+
 def snapshot(value: Any) -> Any:
     """What the service keeps of a caller's metadata: a shallow copy of a plain dict."""
     return dict(value) if type(value) is dict else value
@@ -484,7 +500,7 @@ def perform(
         content = clean_text(args["content"], CONTENT_CHARS) or ""
         want.chat_messages.append(
             {
-                "trace_id": ctx.trace_id if ctx and valid_hex(ctx.trace_id, 32) else None,
+                "trace_id": ctx.trace_id if ctx and valid_hex(ctx.trace_id, 32) else OWN_TRACE_ID,
                 "span_id": ctx.span_id if ctx and valid_hex(ctx.span_id, 16) else None,
                 **identity_of(ctx),
                 "role": clean_text(args["role"], 64) or "unknown",
@@ -506,7 +522,7 @@ def perform(
             return
         want.document_events.append(
             {
-                "trace_id": ctx.trace_id if valid_hex(ctx.trace_id, 32) else None,
+                "trace_id": ctx.trace_id if valid_hex(ctx.trace_id, 32) else OWN_TRACE_ID,
                 "kb_id": ident["kb_id"],
                 "document_id": clean_text(args["document_id"]) or "",
                 "event_type": clean_text(args["event_type"], 64) or "unknown",

@@ -718,10 +718,13 @@ def _chat_row(event: EventTuple) -> Row:
         (_I, event[USER_ID], event[SESSION_ID], event[KB_ID]), _IDENTITY
     )
     metadata = event[METADATA]
+    row_id = random_uuid7_hex(unix_ms)
     return (
-        random_uuid7_hex(unix_ms),
+        row_id,
         start,
-        trace_id if _hex32(trace_id) else None,
+        # Outside a trace, the message is a trace of its own: its row id is its trace id, so
+        # that the key (trace_id, id, "timestamp") and Citus's distribution always have one.
+        trace_id if _hex32(trace_id) else row_id.replace("-", ""),
         span_id if _hex16(span_id) else None,
         session_id,
         user_id,
@@ -745,10 +748,11 @@ def _document_row(event: EventTuple) -> Row:
     error_type = event[ERROR_TYPE]
     error_message = event[ERROR_MESSAGE]
     metadata = event[METADATA]
+    row_id = random_uuid7_hex(unix_ms)
     return (
-        random_uuid7_hex(unix_ms),
+        row_id,
         start,
-        trace_id if _hex32(trace_id) else None,
+        trace_id if _hex32(trace_id) else row_id.replace("-", ""),  # as for chat messages
         kb_id,
         clean_text(document_id) or "",
         event_type or "unknown",
