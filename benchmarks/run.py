@@ -267,7 +267,16 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     quiet_logging()
     # Imported after logging is configured: the writer's loggers bind at import.
-    from benchmarks import _common, asgi, cost, hotpath, latency, memory, throughput  # noqa: PLC0415
+    from benchmarks import (  # noqa: PLC0415
+        _common,
+        asgi,
+        cost,
+        handles,
+        hotpath,
+        latency,
+        memory,
+        throughput,
+    )
     from tracewriter.embedded import EmbeddedPostgres  # noqa: PLC0415
 
     plan = SMOKE if args.smoke else FULL
@@ -302,6 +311,12 @@ def main(argv: list[str] | None = None) -> int:
                 report,
                 "hotpath",
                 lambda: hotpath.run(report, rounds=plan.hot_rounds, inner=plan.hot_inner),
+            )
+            # Issue 17: a start_span handle's start+end against span() enter+exit, same run.
+            _guarded(
+                report,
+                "hotpath",
+                lambda: handles.run(report, rounds=plan.hot_rounds // 4, inner=plan.hot_inner),
             )
         if "memory" in only:
             _guarded(
