@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 from tracewriter._context import (
     TraceContext,
-    activate,
     current_context,
     is_valid_span_id,
     is_valid_trace_id,
@@ -383,47 +382,13 @@ async def test_child_task_inherits_current_context() -> None:
     async def child() -> TraceContext | None:
         return current_context()
 
-    with activate(root):
+    token = use_context(root)
+    try:
         task = asyncio.create_task(child())
+    finally:
+        reset_context(token)
     async with asyncio.timeout(5):
         assert await task is root
-    assert current_context() is None
-
-
-def test_activate_as_with_block() -> None:
-    """activate() makes a context current inside a with block and restores it after."""
-
-    def body() -> None:
-        root = TraceContext.new_root()
-        with activate(root) as active:
-            assert active is root
-            assert current_context() is root
-            with activate(root.child_context()) as inner:
-                assert current_context() is inner
-            assert current_context() is root
-        assert current_context() is None
-
-    contextvars.Context().run(body)
-
-
-def test_activate_restores_on_exception() -> None:
-    """The previous context comes back when the block raises, and the exception propagates."""
-
-    def body() -> None:
-        with pytest.raises(KeyError), activate(TraceContext.new_root()):
-            raise KeyError("boom")
-        assert current_context() is None
-
-    contextvars.Context().run(body)
-
-
-async def test_activate_as_async_with_block() -> None:
-    """activate() also works with async with."""
-    root = TraceContext.new_root()
-    async with activate(root) as active:
-        assert active is root
-        await asyncio.sleep(0)
-        assert current_context() is root
     assert current_context() is None
 
 

@@ -14,15 +14,12 @@ import re
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from time import monotonic
-from types import TracebackType
 from typing import Any, Final
 
 from tracewriter._ids import new_span_id, new_trace_id
 
 __all__ = [
-    "Activation",
     "TraceContext",
-    "activate",
     "current_context",
     "is_valid_span_id",
     "is_valid_trace_id",
@@ -294,43 +291,3 @@ def reset_context(token: contextvars.Token[TraceContext | None]) -> None:
         tracewriter_current_context.set(None if previous is token.MISSING else previous)
     except RuntimeError:
         pass
-
-
-class Activation:
-    """A context manager (``with`` or ``async with``) that makes a context current inside it."""
-
-    __slots__ = ("_ctx", "_token")
-
-    def __init__(self, ctx: TraceContext | None) -> None:
-        self._ctx = ctx
-        self._token: contextvars.Token[TraceContext | None] | None = None
-
-    def __enter__(self) -> TraceContext | None:
-        self._token = tracewriter_current_context.set(self._ctx)
-        return self._ctx
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        token, self._token = self._token, None
-        if token is not None:
-            reset_context(token)
-
-    async def __aenter__(self) -> TraceContext | None:
-        return self.__enter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.__exit__(exc_type, exc, tb)
-
-
-def activate(ctx: TraceContext | None) -> Activation:
-    """Return a context manager making ``ctx`` the current context for the block inside it."""
-    return Activation(ctx)

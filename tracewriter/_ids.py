@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import random
 import re
-from hashlib import blake2b
 
 # A generator of our own, seeded from os.urandom: an application that calls random.seed(n)
 # (common in ML code, and in hypothesis) must not make us repeat trace, span and row ids.
@@ -33,7 +32,6 @@ __all__ = [
     "new_span_id",
     "new_trace_id",
     "random_uuid7_hex",
-    "row_id_for_span",
     "row_id_for_valid_span",
     "uuid7_hex",
 ]
@@ -87,7 +85,11 @@ _VARIANT_DIGIT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
 
 def row_id_for_valid_span(unix_ms: int, trace_id: str, span_id: str) -> str:
-    """:func:`row_id_for_span` for ids already known to be lowercase hex of the right length.
+    """The deterministic UUIDv7 row id of a span (or trace) that started at ``unix_ms``, for
+    ids already known to be lowercase hex of the right length.
+
+    The 74 "random" bits are the span id's 64 bits and the trace id's low 10 bits, so a span's
+    start row and its later end compute the same row id without shared state.
 
     Built by concatenating hex digits rather than by integer arithmetic: it runs for every span
     and trace row the writer builds, and costs about half as much. The 74 bits are arranged
@@ -98,27 +100,3 @@ def row_id_for_valid_span(unix_ms: int, trace_id: str, span_id: str) -> str:
         f"{unix_ms & _MASK_48:012x}7{span_id[:3]}"
         f"{_VARIANT_DIGIT[trace_id[-3]]}{span_id[3:]}{trace_id[-2:]}"
     )
-
-
-def row_id_for_span(unix_ms: int, trace_id: str, span_id: str) -> str:
-    """Return the deterministic UUIDv7 row id of a span that started at ``unix_ms``.
-
-    The 74 "random" bits are the 64 bits of ``span_id`` and the low 10 bits of ``trace_id``
-    (arranged as :func:`row_id_for_valid_span` says; 32 hex digits without hyphens), so a
-    span's start row and its later end compute the same row id without shared state. Ids that
-    are not hex (the service validates before calling, so this is a safety net)
-    still get a deterministic id, from a hash of both strings; this function never raises.
-    """
-    if (
-        type(span_id) is str
-        and type(trace_id) is str
-        and _match_hex16(span_id)
-        and _match_hex3(trace_id[-3:])
-    ):
-        return row_id_for_valid_span(unix_ms, trace_id, span_id)
-    try:
-        bits = int(span_id, 16) << 10 | int(trace_id[-3:], 16) & 0x3FF
-    except (TypeError, ValueError):
-        digest = blake2b(f"{trace_id!s}\x00{span_id!s}".encode(errors="replace"), digest_size=10)
-        bits = int.from_bytes(digest.digest())
-    return uuid7_hex(unix_ms, bits)

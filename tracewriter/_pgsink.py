@@ -27,6 +27,7 @@ import asyncpg
 from tracewriter import _schema as schema
 from tracewriter._config import WriterConfig, redact_dsn, redact_text
 from tracewriter._logging import get_logger
+from tracewriter._schema import Row
 from tracewriter._sink import DataSinkError, DeadLetter, RetriableSinkError, SinkError, SyncStatus
 from tracewriter._sql import Statements
 from tracewriter.errors import ConfigurationError
@@ -35,7 +36,6 @@ __all__ = ["PostgresSink", "classify_error"]
 
 _log = get_logger("pgsink")
 
-Row = tuple[Any, ...]
 
 # SQLSTATE classes that mean "this data is refused": 22 data exception, 23 integrity violation.
 _DATA_CLASSES = frozenset({"22", "23"})

@@ -24,6 +24,7 @@ import orjson
 
 from tracewriter import _schema as schema
 from tracewriter._ids import random_uuid7_hex, row_id_for_valid_span
+from tracewriter._schema import Row
 
 __all__ = [
     "BUILDERS",
@@ -64,7 +65,6 @@ __all__ = [
     "timestamp_from_ns",
 ]
 
-Row = tuple[Any, ...]
 
 INT32_MIN: Final = -(2**31)
 INT32_MAX: Final = 2**31 - 1

@@ -7,7 +7,10 @@ that creates these tables lives in ``sql/``.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
+
+# What the writer builds for each table: one value per column, in the order below.
+Row = tuple[Any, ...]
 
 TRACES: Final = "traces"
 SPANS: Final = "spans"

@@ -12,7 +12,9 @@ from __future__ import annotations
 import datetime as _dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
+
+from tracewriter._schema import Row
 
 __all__ = [
     "DataSinkError",
@@ -22,8 +24,6 @@ __all__ = [
     "SinkError",
     "SyncStatus",
 ]
-
-Row = tuple[Any, ...]
 
 
 class SinkError(Exception):

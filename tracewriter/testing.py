@@ -12,14 +12,13 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from tracewriter._schema import Row
 from tracewriter._sink import DataSinkError, DeadLetter, RetriableSinkError, SyncStatus
 
 if TYPE_CHECKING:
     from tracewriter._sink import Sink
 
 __all__ = ["InMemorySink"]
-
-Row = tuple[Any, ...]
 
 
 class InMemorySink:
