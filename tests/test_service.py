@@ -334,3 +334,34 @@ def test_get_instance_is_one_process_wide_service_until_reset(
     second = get_instance()
     assert second is not first
     reset_instance()
+
+
+async def test_a_span_recorded_with_no_context_is_a_root_the_trace_command_shows(
+    db_dsn: str, pool: asyncpg.Pool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With no context anywhere, span(), start_span() and log_llm_call() record root spans of
+    traces of their own: no parent that was never written, and `tracewriter trace` finds them."""
+    from tracewriter import cli
+
+    async with service(db_dsn) as svc:
+        assert current_context() is None
+        with svc.span(None, "orphan.block", "chain") as block_id:
+            pass
+        handle = svc.start_span(None, "orphan.handle", "tool")
+        handle.end()
+        llm_id = svc.log_llm_call(None, model="m", duration_ms=3.0)
+        assert await svc.flush(timeout=10)
+    rows = await pool.fetch(
+        "SELECT span_id, trace_id, parent_span_id FROM observability.spans WHERE span_id = ANY($1)",
+        [block_id, handle.span_id, llm_id],
+    )
+    assert len(rows) == 3
+    assert all(r["parent_span_id"] is None for r in rows), rows
+    assert len({r["trace_id"] for r in rows}) == 3  # three traces, one each
+    llm_trace = next(r["trace_id"] for r in rows if r["span_id"] == llm_id)
+    argv = ["trace", llm_trace, "--dsn", db_dsn, "--format", "json"]
+    assert await asyncio.to_thread(cli.main, argv) == 0
+    out = capsys.readouterr().out
+    shown = json.loads(out[out.index("{\n") :])  # after the writer's own log lines
+    assert shown["trace"]["span_id"] == llm_id
+    assert [s["span_id"] for s in shown["spans"]] == [llm_id]

@@ -67,6 +67,28 @@ def _ns_of(timestamp: _dt.datetime | None) -> int:
     return ((timestamp - _EPOCH) // _MICROSECOND) * 1000
 
 
+def _child_of(parent: TraceContext | None, start_ns: int, mono: float) -> TraceContext:
+    """The context of a span starting now under ``parent``; with no parent, a root span of a
+    new trace (no parent span id: nothing is recorded that would point at a span never written).
+    """
+    if parent is None:
+        trace_id, parent_id = new_trace_id(), None
+        user_id = session_id = kb_id = None
+    else:
+        trace_id, parent_id = parent.trace_id, parent.span_id
+        user_id, session_id, kb_id = parent.user_id, parent.session_id, parent.kb_id
+    return make_context(
+        trace_id,
+        new_span_id(),
+        parent_id,
+        user_id,
+        session_id,
+        kb_id,
+        _fromtimestamp(start_ns / 1e9, _UTC),  # time_ns() is always in range
+        mono,
+    )
+
+
 class _SpanScope:
     """What ``span()`` returns: a ``with`` / ``async with`` scope that yields the span id."""
 
@@ -133,19 +155,9 @@ class _SpanScope:
 
     def __enter__(self) -> str:
         try:
-            parent = self._parent or current_context() or TraceContext.new_root()
             self._start_ns = time_ns()
             self._mono = monotonic()
-            child = make_context(
-                parent.trace_id,
-                new_span_id(),
-                parent.span_id,
-                parent.user_id,
-                parent.session_id,
-                parent.kb_id,
-                _fromtimestamp(self._start_ns / 1e9, _UTC),  # time_ns() is always in range
-                self._mono,
-            )
+            child = _child_of(self._parent or current_context(), self._start_ns, self._mono)
             self._child = child
             meta = self._meta
             self._svc._emit(
@@ -388,19 +400,9 @@ class ObservabilityService:
         does not change the current context. Never raises.
         """
         try:
-            parent = ctx or current_context() or TraceContext.new_root()
             start_ns = time_ns()
             mono = monotonic()
-            child = make_context(
-                parent.trace_id,
-                new_span_id(),
-                parent.span_id,
-                parent.user_id,
-                parent.session_id,
-                parent.kb_id,
-                _fromtimestamp(start_ns / 1e9, _UTC),  # time_ns() is always in range
-                mono,
-            )
+            child = _child_of(ctx or current_context(), start_ns, mono)
             self._emit(
                 (_SPAN_START, start_ns, None, child.trace_id, child.span_id,
                 child.parent_span_id, name, span_type, None, None, None, None,
@@ -440,9 +442,8 @@ class ObservabilityService:
             if parent is not None:
                 trace_id, parent_id = parent.trace_id, parent.span_id
                 user_id, session_id, kb_id = parent.user_id, parent.session_id, parent.kb_id
-            else:
-                # What a fresh root context would give, without building one.
-                trace_id, parent_id = new_trace_id(), new_span_id()
+            else:  # no context: the call is a root span of a trace of its own
+                trace_id, parent_id = new_trace_id(), None
                 user_id = session_id = kb_id = None
             self._emit(
                 (_SPAN, start_ns, end_ns, trace_id, span_id, parent_id, name,

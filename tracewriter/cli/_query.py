@@ -46,12 +46,23 @@ COMMAND_TIMEOUT: Final = 30.0
 # --- SQL ---------------------------------------------------------------------------------------
 # The schema is the one the migrations in sql/ create. $-parameters carry every value.
 
+# A trace recorded without start_trace (a span or LLM call made with no context is a root
+# span of a trace of its own, with no traces row) is described by its root span instead.
 TRACE_SQL: Final = """
 SELECT trace_id, span_id, name, user_id, session_id, kb_id, status, "timestamp",
        duration_ms, error_type, error_message
-FROM observability.traces
-WHERE trace_id = $1
-ORDER BY (status = 'open'), "timestamp"
+FROM (
+    SELECT trace_id, span_id, name, user_id, session_id, kb_id, status, "timestamp",
+           duration_ms, error_type, error_message, 0 AS source
+    FROM observability.traces
+    WHERE trace_id = $1
+    UNION ALL
+    SELECT trace_id, span_id, name, user_id, session_id, kb_id, status, "timestamp",
+           duration_ms, error_type, error_message, 1 AS source
+    FROM observability.spans
+    WHERE trace_id = $1 AND parent_span_id IS NULL
+) AS t
+ORDER BY source, (status = 'open'), "timestamp"
 LIMIT 1
 """
 
