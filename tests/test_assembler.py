@@ -291,3 +291,25 @@ def test_integers_past_64_bits_are_decoded_exactly() -> None:
     text = records.encode_metadata({"huge": 2**80, "neg": -(2**70), "small": 3})
     assert records.decode_json(text or "") == {"huge": 2**80, "neg": -(2**70), "small": 3}
     assert records.event_metadata(text) == {"huge": 2**80, "neg": -(2**70), "small": 3}
+
+
+def test_the_metadata_bound_counts_utf8_bytes_and_holds_after_a_merge() -> None:
+    """Metadata past 1 MiB of UTF-8 (not of characters) becomes a truncation marker, and so
+    does a span whose start and end metadata, each under the bound, merge past it."""
+    two_byte_chars = "é" * (records.METADATA_BYTES * 6 // 10)  # 0.6 Mi chars, 1.2 MiB
+    text = records.encode_metadata({"blob": two_byte_chars}) or ""
+    assert len(text) < records.METADATA_BYTES
+    assert json.loads(text)["_truncated"] is True
+    half = "é" * (records.METADATA_BYTES // 3)  # about 0.67 MiB each
+    trace_id, span_id = new_trace_id(), new_span_id()
+    start = (
+        records.EventKind.SPAN_START, 1, None, trace_id, span_id, None, "s", "chain", None, None,
+        None, None, None, None, None, records.encode_metadata({"a": half}), None,
+    )  # fmt: skip
+    end = (
+        records.EventKind.SPAN_END, 1, 2, trace_id, span_id, None, "s", "chain", "ok", 1.0,
+        None, None, None, None, None, records.encode_metadata({"b": half}), None,
+    )  # fmt: skip
+    merged = records.coalesce(start, end)[records.METADATA]
+    assert len(merged.encode()) <= records.METADATA_BYTES
+    assert json.loads(merged)["_truncated"] is True

@@ -339,7 +339,16 @@ def _thorough(value: object) -> str:
 
 
 def _bounded(text: str) -> str:
-    if len(text) > METADATA_BYTES:
+    """``text``, or a marker with a preview when its UTF-8 encoding passes METADATA_BYTES.
+
+    The bound is in bytes, as PostgreSQL stores the text; a character is at most four of
+    them, so shorter texts are never encoded to be measured.
+    """
+    if len(text) > METADATA_BYTES or (
+        len(text) * 4 > METADATA_BYTES
+        and not text.isascii()
+        and len(text.encode("utf-8", "replace")) > METADATA_BYTES
+    ):
         return json.dumps({"_truncated": True, "preview": clean_text(text, PREVIEW_CHARS)})
     return text
 
@@ -374,9 +383,9 @@ def snapshot_metadata(value: object) -> object:
 def metadata_text(value: object) -> str | None:
     """The ``jsonb`` text of an event's metadata (encoded JSON text, or a snapshot)."""
     if type(value) is str:
-        if len(value) <= METADATA_BYTES and not ("\\" in value and _has_nul_escape(value)):
-            return value
-        return _thorough_text(value)
+        if "\\" in value and _has_nul_escape(value):
+            return _thorough_text(value)
+        return _bounded(value)
     return encode_metadata(value)
 
 
@@ -776,23 +785,17 @@ def end_table(kind: str) -> str | None:
 def _merge_metadata(start: str | None, end: str | None) -> str | None:
     """The end's metadata over the start's, as the end-upsert's ``metadata || EXCLUDED.metadata``.
 
-    The standard library's json, not orjson: orjson reads integers past 64 bits as floats (and
-    refuses them past the double range), and encode_metadata keeps them exact. The texts are
-    not always objects (encode_metadata turns a non-dict Mapping into a string), and this must
-    not raise: the start and end it merges are already out of the buffer.
+    Both are JSON objects: encode_metadata wraps anything that is not a mapping as
+    ``{"value": ...}``, and its markers are objects too. Decoded by decode_json, which keeps
+    integers past 64 bits exact. Two halves under the bound can merge past it, so the result
+    is bounded again.
     """
     if end is None or end == start:
         return start
     if start is None:
         return end
-    merged, update = json.loads(start), json.loads(end)
-    if isinstance(merged, dict) and isinstance(update, dict):
-        merged.update(update)
-    else:  # jsonb's || on anything but two objects: concatenate as arrays
-        merged = (merged if isinstance(merged, list) else [merged]) + (
-            update if isinstance(update, list) else [update]
-        )
-    return json.dumps(merged, ensure_ascii=False)
+    merged = {**decode_json(start), **decode_json(end)}
+    return _bounded(json.dumps(merged, ensure_ascii=False))
 
 
 def coalesce(start: EventTuple, end: EventTuple) -> EventTuple:
