@@ -365,3 +365,86 @@ async def test_a_span_recorded_with_no_context_is_a_root_the_trace_command_shows
     shown = json.loads(out[out.index("{\n") :])  # after the writer's own log lines
     assert shown["trace"]["span_id"] == llm_id
     assert [s["span_id"] for s in shown["spans"]] == [llm_id]
+
+
+async def test_every_kind_recorded_through_the_api_fills_every_column_in_its_place(
+    db_dsn: str, pool: asyncpg.Pool
+) -> None:
+    """Each recording call writes a distinct value into each column: a field misordered in the
+    hand-written event tuples lands in the wrong column and fails here."""
+    async with service(db_dsn) as svc:
+        ctx = svc.start_trace(
+            "t-name", user_id="u-1", session_id="s-1", kb_id="kb-1", metadata={"tm": 1}
+        )
+        with (
+            pytest.raises(ValueError, match="sp-err"),
+            svc.span(ctx, "sp-name", "retrieval", {"sm": 3}) as span_id,
+        ):
+            raise ValueError("sp-err")
+        llm_id = svc.log_llm_call(
+            ctx, model="mdl", provider="prv", input_tokens=11, output_tokens=22,
+            cached_input_tokens=33, reasoning_tokens=44, duration_ms=55.5, status="error",
+            error_message="llm-err", name="llm-name", metadata={"lm": 4},
+        )  # fmt: skip
+        svc.log_chat_message(
+            ctx, role="assistant", content="hello", token_count=7, metadata={"cm": 5}
+        )
+        svc.log_document_event(
+            ctx, document_id="doc-9", event_type="parse", status="error", duration_ms=66.0,
+            chunk_count=8, error_message="doc-err", metadata={"dm": 6},
+        )  # fmt: skip
+        svc.end_trace(
+            ctx, status="error", error_message="t-err", duration_ms=12.5, metadata={"te": 2}
+        )
+        assert await svc.flush(timeout=10)
+
+    def row(record: asyncpg.Record) -> dict[str, Any]:
+        values = dict(record)
+        values.pop("id"), values.pop("timestamp")
+        if values.get("metadata") is not None:
+            values["metadata"] = json.loads(values["metadata"])
+        return values
+
+    trace = row(await pool.fetchrow(
+        "SELECT * FROM observability.traces WHERE trace_id = $1", ctx.trace_id
+    ))  # fmt: skip
+    assert trace == {
+        "trace_id": ctx.trace_id, "span_id": ctx.span_id, "name": "t-name", "user_id": "u-1",
+        "session_id": "s-1", "kb_id": "kb-1", "status": "error", "duration_ms": 12.5,
+        "error_type": None, "error_message": "t-err", "metadata": {"tm": 1, "te": 2},
+    }  # fmt: skip
+    found = await pool.fetch("SELECT * FROM observability.spans WHERE trace_id = $1", ctx.trace_id)
+    spans = {r["span_id"]: row(r) for r in found}
+    block = spans[span_id]
+    assert block.pop("duration_ms") >= 0
+    assert {k: v for k, v in block.items() if not k.startswith("cost")} == {
+        "trace_id": ctx.trace_id, "span_id": span_id, "parent_span_id": ctx.span_id,
+        "name": "sp-name", "span_type": "retrieval", "status": "error", "error_type": "ValueError",
+        "error_message": "sp-err", "model": None, "provider": None, "input_tokens": None,
+        "output_tokens": None, "cached_input_tokens": None, "reasoning_tokens": None,
+        "user_id": "u-1", "session_id": "s-1", "kb_id": "kb-1", "metadata": {"sm": 3},
+    }  # fmt: skip
+    assert {k: v for k, v in spans[llm_id].items() if not k.startswith("cost")} == {
+        "trace_id": ctx.trace_id, "span_id": llm_id, "parent_span_id": ctx.span_id,
+        "name": "llm-name", "span_type": "llm", "status": "error", "duration_ms": 55.5,
+        "error_type": None, "error_message": "llm-err", "model": "mdl", "provider": "prv",
+        "input_tokens": 11, "output_tokens": 22, "cached_input_tokens": 33,
+        "reasoning_tokens": 44, "user_id": "u-1", "session_id": "s-1", "kb_id": "kb-1",
+        "metadata": {"lm": 4},
+    }  # fmt: skip
+    chat = row(await pool.fetchrow(
+        "SELECT * FROM observability.chat_messages WHERE trace_id = $1", ctx.trace_id
+    ))  # fmt: skip
+    assert chat == {
+        "trace_id": ctx.trace_id, "span_id": ctx.span_id, "session_id": "s-1", "user_id": "u-1",
+        "kb_id": "kb-1", "role": "assistant", "content": "hello", "content_preview": "hello",
+        "token_count": 7, "metadata": {"cm": 5},
+    }  # fmt: skip
+    document = row(await pool.fetchrow(
+        "SELECT * FROM observability.document_events WHERE trace_id = $1", ctx.trace_id
+    ))  # fmt: skip
+    assert document == {
+        "trace_id": ctx.trace_id, "kb_id": "kb-1", "document_id": "doc-9", "event_type": "parse",
+        "status": "error", "duration_ms": 66.0, "chunk_count": 8, "error_type": None,
+        "error_message": "doc-err", "metadata": {"dm": 6},
+    }  # fmt: skip

@@ -25,6 +25,7 @@ from typing import Final
 
 from tracewriter._assembler import Assembler, Pending
 from tracewriter._buffer import Buffer
+from tracewriter._config import WriterConfig
 from tracewriter._logging import RateLimitedLog, get_logger
 from tracewriter._policy import Policy
 from tracewriter._records import EventTuple, InvalidEvent, Row, build, clean_text
@@ -48,22 +49,26 @@ _MAX_PENDING_DEAD_LETTERS: Final = 10_000
 _MAX_PENDING_METRIC_BATCHES: Final = 1_000
 
 
+_DEFAULTS: Final = WriterConfig()
+
+
 @dataclass(frozen=True, slots=True)
 class FlusherSettings:
-    """The part of the writer configuration the flusher uses."""
+    """The part of the writer configuration the flusher uses; the defaults are WriterConfig's
+    (the one home of every default), for tests and benchmarks that build a flusher alone."""
 
-    flush_interval: float = 1.0
-    max_batch_rows: int = 5000
-    open_row_grace: float = 5.0
-    retry_initial_backoff: float = 0.1
-    retry_max_backoff: float = 5.0
-    partition_check_interval: float = 600.0
-    provider_name: str = "postgres"
-    dead_letter_max_chars: int = 100_000
-    redact: object = "default"
-    capture_content: str = "full"
-    sample_rate: float = 1.0
-    sample_follow_parent: bool = True
+    flush_interval: float = _DEFAULTS.flush_interval
+    max_batch_rows: int = _DEFAULTS.max_batch_rows
+    open_row_grace: float = _DEFAULTS.open_row_grace
+    retry_initial_backoff: float = _DEFAULTS.retry_initial_backoff
+    retry_max_backoff: float = _DEFAULTS.retry_max_backoff
+    partition_check_interval: float = _DEFAULTS.partition_check_interval
+    provider_name: str = _DEFAULTS.provider_name
+    dead_letter_max_chars: int = _DEFAULTS.dead_letter_max_chars
+    redact: object = _DEFAULTS.redact
+    capture_content: str = _DEFAULTS.capture_content
+    sample_rate: float = _DEFAULTS.sample_rate
+    sample_follow_parent: bool = _DEFAULTS.sample_follow_parent
 
 
 @dataclass(slots=True)
