@@ -26,7 +26,7 @@ from tracewriter.migrate import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-MIGRATIONS = ["0001.schema", "0002.roles"]
+MIGRATIONS = ["0001.schema", "0002.roles", "0004.sketch"]
 SECRET = "s3cret-pa55word"
 
 
@@ -101,11 +101,37 @@ def test_apply_rollback_and_reapply_round_trip(empty_db: str) -> None:
 def test_rollback_count_rolls_back_only_the_newest(empty_db: str) -> None:
     """count=1 rolls back the newest migration and leaves the older one applied."""
     apply_migrations(empty_db)
-    assert rollback_migrations(empty_db, count=1) == ["0002.roles"]
-    assert list_migrations(empty_db) == [("0001.schema", True), ("0002.roles", False)]
+    assert rollback_migrations(empty_db, count=1) == MIGRATIONS[-1:]
+    assert list_migrations(empty_db) == [(m, m != MIGRATIONS[-1]) for m in MIGRATIONS]
     assert schema_exists(empty_db)
     assert rollback_migrations(empty_db, count=0) == []
-    assert apply_migrations(empty_db) == ["0002.roles"]
+    assert apply_migrations(empty_db) == MIGRATIONS[-1:]
+
+
+def test_rolling_back_the_sketch_derives_histograms_and_drops_the_new_columns(
+    empty_db: str,
+) -> None:
+    """A row with only a sketch gets a √2 histogram from it when 0004 is rolled back."""
+    apply_migrations(empty_db)
+    with psycopg.connect(empty_db) as conn:
+        conn.execute(
+            "INSERT INTO observability.metrics_aggregates "
+            '(id, "timestamp", metric, count, sum, sketch) '
+            "SELECT gen_random_uuid(), date_trunc('minute', now()), 'span.duration_ms', 4, 1006.5, "
+            "observability.sketch_of(v) FROM unnest(ARRAY[0.5, 3, 3, 1000]::float8[]) AS v"
+        )
+    assert rollback_migrations(empty_db, count=1) == ["0004.sketch"]
+    with psycopg.connect(empty_db) as conn:
+        row = conn.execute("SELECT histogram FROM observability.metrics_aggregates").fetchone()
+        columns = conn.execute(
+            "SELECT count(*) FROM information_schema.columns WHERE table_schema = "
+            "'observability' AND column_name IN ('sketch', 'cost_usd', 'price_source')"
+        ).fetchone()
+    assert row is not None
+    # 0.5 below 1 in bucket 0; 3 in [2^1.5, 2^2) = bucket 4; 1000 in [2^9.5, 2^10) = bucket 20
+    assert row[0] == [1, 0, 0, 0, 2] + [0] * 15 + [1] + [0] * 19
+    assert columns == (0,)
+    assert apply_migrations(empty_db) == ["0004.sketch"]
 
 
 def test_rollback_refuses_a_negative_count(db_dsn: str) -> None:
@@ -214,7 +240,8 @@ def test_notices_from_the_migrations_reach_the_caller(db_dsn: str, empty_db: str
     """Rolling back the roles while another database still uses them reports that they were kept."""
     apply_migrations(empty_db)
     notices: list[str] = []
-    rollback_migrations(empty_db, count=1, on_notice=notices.append)
+    from_roles = len(MIGRATIONS) - MIGRATIONS.index("0002.roles")
+    rollback_migrations(empty_db, count=from_roles, on_notice=notices.append)
     # db_dsn's database holds grants to both roles, so neither may be dropped.
     assert any("tracewriter_writer kept" in n for n in notices), notices
     assert any("tracewriter_reader kept" in n for n in notices), notices
@@ -240,13 +267,18 @@ def test_cli_migrates_lists_and_rolls_back(
     assert "up to date" in capsys.readouterr().out
 
     assert cli.main(["migrate", "--dsn", empty_db, "--rollback", "--count", "1"]) == 0
-    assert capsys.readouterr().out.splitlines() == ["rolled back 0002.roles"]
+    assert capsys.readouterr().out.splitlines() == [f"rolled back {MIGRATIONS[-1]}"]
 
     assert cli.main(["migrate", "--dsn", empty_db, "--list"]) == 0
-    assert capsys.readouterr().out.splitlines() == ["[x] 0001.schema", "[ ] 0002.roles"]
+    assert capsys.readouterr().out.splitlines() == [
+        *(f"[x] {m}" for m in MIGRATIONS[:-1]),
+        f"[ ] {MIGRATIONS[-1]}",
+    ]
 
     assert cli.main(["migrate", "--dsn", empty_db, "--rollback"]) == 0
-    assert capsys.readouterr().out.splitlines() == ["rolled back 0001.schema"]
+    assert capsys.readouterr().out.splitlines() == [
+        f"rolled back {m}" for m in reversed(MIGRATIONS[:-1])
+    ]
     assert not schema_exists(empty_db)
 
 
