@@ -14,11 +14,22 @@ from collections import defaultdict
 from decimal import Decimal
 
 import asyncpg
+import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tracewriter import _schema as schema
 from tracewriter._rollup import histogram_bucket
-from tracewriter._sketch import ALPHA, Sketch, merge_encoded, quantile_of, to_sql_text
+from tracewriter._sketch import (
+    ALPHA,
+    GAMMA,
+    Sketch,
+    bucket_key,
+    merge_encoded,
+    quantile_of,
+    to_sql_text,
+)
 from tracewriter._sketch_sql import METRIC_COLUMNS, metrics_upsert
 
 pytestmark = pytest.mark.timeout(120)
@@ -344,3 +355,76 @@ async def test_new_partitions_get_the_new_columns(pool: asyncpg.Pool) -> None:
                 )
                 != "observability.spans_default"
             )
+
+
+def test_every_bucket_edge_in_range_lands_in_the_same_bucket_in_sql_and_python(
+    db_dsn: str,
+) -> None:
+    """GAMMA**k and its neighbouring doubles for 0.1 ms .. 10M (k = -1200..1200): same keys."""
+    edge_values = [
+        v
+        for k in range(-1200, 1201)
+        for v in (GAMMA**k, math.nextafter(GAMMA**k, 0), math.nextafter(GAMMA**k, math.inf))
+    ]
+    with psycopg.connect(db_dsn) as conn:
+        keys = conn.execute(
+            "SELECT array_agg(observability.sketch_key(v) ORDER BY i) "
+            "FROM unnest(%s::float8[]) WITH ORDINALITY AS u(v, i)",
+            (edge_values,),
+        ).fetchone()
+    assert keys is not None
+    assert keys[0] == [bucket_key(v) for v in edge_values]
+
+
+# --- properties, against the server ---------------------------------------------------------------
+
+PROPERTY = settings(
+    max_examples=60,
+    deadline=None,
+    database=None,  # no .hypothesis/ directory in the checkout
+    suppress_health_check=[HealthCheck.too_slow],
+)
+# Values on and next to bucket edges (GAMMA ** k), where a last-bit difference between the
+# Python and SQL computations would show, plus zeros, negatives and NaN.
+edges = st.integers(-1200, 1200).flatmap(
+    lambda k: st.sampled_from(
+        [GAMMA**k, math.nextafter(GAMMA**k, 0), math.nextafter(GAMMA**k, math.inf)]
+    )
+)
+values = st.lists(
+    st.one_of(
+        edges,
+        st.floats(min_value=-10, max_value=1e12),
+        st.sampled_from([math.nan, math.inf, -math.inf]),
+        st.integers(0, 10_000_000).map(float),
+    ),
+    max_size=40,
+)
+
+
+@PROPERTY
+@given(st.lists(values, min_size=3, max_size=3))
+def test_sql_sketches_equal_python_sketches_and_merge_associatively(
+    db_dsn: str, parts: list[list[float]]
+) -> None:
+    """sketch_of in SQL equals the Python sketch value for value (edges included), and
+    sketch_add is associative and commutative with the Python merge as its result."""
+    a, b, c = (encoded(p) for p in parts)
+    with psycopg.connect(db_dsn) as conn:
+        for part, mine in zip(parts, (a, b, c), strict=True):
+            row = conn.execute(
+                "SELECT observability.sketch_of(v) FROM unnest(%s::float8[]) AS v", (part,)
+            ).fetchone()
+            assert row is not None
+            assert (row[0] or []) == mine
+        row = conn.execute(
+            "SELECT observability.sketch_add(observability.sketch_add(%(a)s::bigint[], "
+            "%(b)s::bigint[]), %(c)s::bigint[]), "
+            "observability.sketch_add(%(a)s::bigint[], observability.sketch_add(%(b)s::bigint[], "
+            "%(c)s::bigint[])), "
+            "observability.sketch_add(%(c)s::bigint[], observability.sketch_add(%(b)s::bigint[], "
+            "%(a)s::bigint[]))",
+            {"a": a, "b": b, "c": c},
+        ).fetchone()
+    assert row is not None
+    assert row[0] == row[1] == row[2] == merge_encoded(a, b, c)

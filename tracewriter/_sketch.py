@@ -54,7 +54,9 @@ __all__ = [
 # edges, at about 115 buckets per factor of 10 of spread.
 ALPHA: Final = 0.01
 GAMMA: Final = (1.0 + ALPHA) / (1.0 - ALPHA)
-_INV_LOG_GAMMA: Final = 1.0 / math.log(GAMMA)
+# Divided by, not multiplied with its inverse: the same IEEE operations as the SQL twin
+# (ceil(ln(v) / ln(gamma))), so both put a value on a bucket edge in the same bucket.
+_LOG_GAMMA: Final = math.log(GAMMA)
 # 2 * GAMMA**k / (GAMMA + 1) == GAMMA**k * (1 - ALPHA): the value whose error to both ends of
 # the bucket is ALPHA.
 _ESTIMATE_FACTOR: Final = 2.0 / (GAMMA + 1.0)
@@ -75,7 +77,7 @@ def bucket_key(value: float) -> int | None:
     """The bucket of ``value``: ZERO_KEY for ``value <= 0``, None for NaN and +inf."""
     if value > 0.0:
         if value < _INF:
-            return _ceil(_log(value) * _INV_LOG_GAMMA)
+            return _ceil(_log(value) / _LOG_GAMMA)
         return None
     if not _isnan(value):
         return ZERO_KEY
@@ -176,7 +178,7 @@ class Sketch:
         if value > 0.0:
             if value >= _INF:
                 return
-            key = _ceil(_log(value) * _INV_LOG_GAMMA)
+            key = _ceil(_log(value) / _LOG_GAMMA)
         elif not _isnan(value):
             key = ZERO_KEY
         else:
