@@ -134,6 +134,7 @@ def test_unknown_models_and_providers_get_none_and_are_counted() -> None:
     # asked again: answered from memory, still counted
     assert calculator.cost("no-such-model-xyz", "openai", input_tokens=1, output_tokens=1) is None
     assert calculator.stats.unknown_model == 5
+    assert calculator.stats.unpriced == 5
     assert calculator.stats.priced == 0
 
 

@@ -117,6 +117,11 @@ class CostStats:
     unavailable: int = 0
     failed: int = 0
 
+    @property
+    def unpriced(self) -> int:
+        """Calls that had a model and token counts and still got no cost."""
+        return self.unknown_model + self.invalid_usage + self.unavailable + self.failed
+
 
 class _Counts(NamedTuple):
     """One call's token counts, checked: non-negative, parts within their wholes."""
