@@ -47,6 +47,8 @@ from typing import Any, Final, NamedTuple
 from tracewriter._logging import RateLimitedLog, get_logger
 from tracewriter.errors import ConfigurationError
 
+__all__ = ["Cost", "CostCalculator", "CostStats", "UserPrice"]
+
 # The optional extra tracewriter[cost], imported on first use: importing it (pydantic, an
 # HTTP client, the price tables) takes about 0.3 s, which an application that never prices a
 # call should not pay, and which must not land on an event loop: call
@@ -59,7 +61,8 @@ _noted_unavailable = False
 
 
 def _load_genai_prices() -> bool:
-    global _genai_prices, _data_snapshot, _tried_import  # once per process
+    """Import genai-prices the first time (per process); whether it is installed."""
+    global _genai_prices, _data_snapshot, _tried_import
     if not _tried_import:
         try:
             module = importlib.import_module("genai_prices")
@@ -71,8 +74,6 @@ def _load_genai_prices() -> bool:
         _tried_import = True
     return _genai_prices is not None
 
-
-__all__ = ["Cost", "CostCalculator", "CostStats", "UserPrice"]
 
 _log = get_logger("cost")
 
