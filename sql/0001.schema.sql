@@ -10,24 +10,42 @@
 -- (PGOPTIONS='-c tracewriter.partitioning=native', or ALTER DATABASE ... SET) overrides the choice.
 -- depends:
 
-CREATE SCHEMA observability;
+-- A platform team may provision the (empty) schema for an owner role that has no CREATE
+-- privilege on the database; CREATE SCHEMA IF NOT EXISTS would still demand that privilege.
+DO $schema$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = 'observability') THEN
+        CREATE SCHEMA observability;
+    END IF;
+END
+$schema$;
 
 COMMENT ON SCHEMA observability IS 'tracewriter: LLM/RAG traces, spans, chat messages, document events and metrics';
 
 -- Decide the partitioning path and hand it to the later statements of this migration, which
 -- yoyo runs in the same transaction, through a transaction-local setting.
+--
+-- Nothing here needs more than owning the database: a non-superuser owner cannot read
+-- shared_preload_libraries (42501 without pg_read_all_settings), so "preloaded" is read from the
+-- loader's own postmaster-context setting instead, which every role can see in pg_settings and
+-- which exists only when timescaledb really was preloaded at server start (a placeholder
+-- set from a configuration file would be user-context).
 DO $mode$
 DECLARE
     v_requested text := nullif(current_setting('tracewriter.partitioning', true), '');
+    v_created boolean := EXISTS (
+        SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'timescaledb');
+    v_available boolean := EXISTS (
+        SELECT 1 FROM pg_catalog.pg_available_extensions WHERE name = 'timescaledb');
+    v_preloaded boolean := EXISTS (
+        SELECT 1 FROM pg_catalog.pg_settings
+        WHERE name = 'timescaledb.max_background_workers' AND context = 'postmaster');
     v_usable boolean;
     v_mode text;
 BEGIN
-    -- Available alone is not enough: without the library in shared_preload_libraries,
-    -- CREATE EXTENSION timescaledb ends the session with a FATAL error no handler can catch.
-    v_usable := EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'timescaledb')
-        OR (EXISTS (SELECT 1 FROM pg_catalog.pg_available_extensions WHERE name = 'timescaledb')
-            AND current_setting('shared_preload_libraries')
-                ~ '(^|[^[:alnum:]_])timescaledb([^[:alnum:]_]|$)');
+    -- Available alone is not enough: without the library preloaded, CREATE EXTENSION
+    -- timescaledb ends the session with a FATAL error no handler can catch.
+    v_usable := v_created OR (v_available AND v_preloaded);
 
     IF v_requested IS NULL THEN
         v_mode := CASE WHEN v_usable THEN 'timescaledb' ELSE 'native' END;
@@ -38,8 +56,20 @@ BEGIN
             USING HINT = 'Use ''native'', or install TimescaleDB and add it to shared_preload_libraries.';
     END IF;
 
-    IF v_mode = 'timescaledb' THEN
-        CREATE EXTENSION IF NOT EXISTS timescaledb;
+    IF v_mode = 'timescaledb' AND NOT v_created THEN
+        BEGIN
+            CREATE EXTENSION timescaledb;
+        EXCEPTION WHEN insufficient_privilege THEN
+            -- The owner may not create extensions here (no CREATE on the database, or a
+            -- build that does not mark timescaledb trusted): native partitions still work.
+            IF v_requested = 'timescaledb' THEN
+                RAISE;
+            END IF;
+            v_mode := 'native';
+            RAISE NOTICE 'tracewriter: using native partitions, not TimescaleDB hypertables: TimescaleDB is installed and preloaded, but role % may not create the extension (%). For hypertables, have a superuser run CREATE EXTENSION timescaledb in this database before migrating.', current_user, SQLERRM;
+        END;
+    ELSIF v_mode = 'native' AND v_requested IS NULL AND v_available AND NOT v_preloaded THEN
+        RAISE NOTICE 'tracewriter: using native partitions, not TimescaleDB hypertables: TimescaleDB is installed but not in shared_preload_libraries. For hypertables, add timescaledb to shared_preload_libraries and restart the server before migrating.';
     END IF;
     PERFORM set_config('tracewriter.partitioning_mode', v_mode, true);
 END

@@ -26,7 +26,7 @@
 -- metrics_aggregates (count, sum, min, max and a sketch of cost per call), so it needs no
 -- column there. ALTER TABLE on the parent reaches every partition and chunk, on the native
 -- and the TimescaleDB path alike; ensure_partitions builds new partitions LIKE the parent.
--- depends: 0002.roles
+-- depends: 0003.retention_and_status
 
 ALTER TABLE observability.metrics_aggregates ADD COLUMN sketch bigint[];
 ALTER TABLE observability.metrics_aggregates ALTER COLUMN histogram DROP NOT NULL;

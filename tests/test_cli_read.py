@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
+import sys
 from typing import Any
 
 import asyncpg
 import pytest
 
 from tracewriter import ObservabilityService
-from tracewriter._readback import connect, fetch_stats
 from tracewriter._rollup import histogram_bucket
 from tracewriter.cli import main
+from tracewriter.cli._query import connect, fetch_stats
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -35,8 +37,8 @@ async def run_cli(*argv: str) -> int:
 
 
 async def write_known_trace(dsn: str) -> str:
-    """One request: messages, a retrieval span with a nested rerank, a failing tool span and
-    an LLM call; returns its trace id."""
+    """One request: messages, a retrieval span with a nested rerank, a failing tool span, an
+    LLM call and a document event; returns its trace id."""
     async with ObservabilityService(dsn, flush_interval=0.05) as svc:
         ctx = svc.start_trace("chat.request", user_id="u-1", session_id="s-1", kb_id="kb-t")
         svc.log_chat_message(ctx, role="user", content="What is RAG?", token_count=4)
@@ -52,6 +54,9 @@ async def write_known_trace(dsn: str) -> str:
             cached_input_tokens=1024, duration_ms=250.0, name="llm.generate",
         )  # fmt: skip
         svc.log_chat_message(ctx, role="assistant", content="RAG is retrieval.", token_count=5)
+        svc.log_document_event(
+            ctx, document_id="doc-1", event_type="index", duration_ms=12.5, chunk_count=3
+        )
         svc.end_trace(ctx)
         assert await svc.flush(timeout=30)
     return ctx.trace_id
@@ -120,12 +125,14 @@ async def test_an_unknown_trace_exits_1_with_one_clear_line(
     assert f"no trace {missing}" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("trace_id", ["not-a-trace", "ab" * 17, "0" * 32])
 async def test_a_malformed_trace_id_is_a_usage_error(
-    capsys: pytest.CaptureFixture[str],
+    trace_id: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A trace id that is not 32 hex digits is refused by the parser (exit 2) with the rule."""
+    """A trace id that is not 32 hex digits, or is all zero (invalid in W3C Trace Context), is
+    refused by the parser (exit 2) with the rule."""
     with pytest.raises(SystemExit) as exited:
-        await run_cli("trace", "not-a-trace", "--dsn", UNREACHABLE)
+        await run_cli("trace", trace_id, "--dsn", UNREACHABLE)
     assert exited.value.code == 2
     assert "expected 32 hex digits" in capsys.readouterr().err
 
@@ -230,3 +237,124 @@ async def test_stats_refuses_a_window_it_cannot_read(capsys: pytest.CaptureFixtu
         await run_cli("stats", "--since", "an hour", "--dsn", UNREACHABLE)
     assert exited.value.code == 2
     assert "expected e.g. 90s, 15m, 1h" in capsys.readouterr().err
+
+
+# --- --format json -------------------------------------------------------------------------------
+
+TRACE_KEYS = [
+    "trace_id", "span_id", "name", "user_id", "session_id", "kb_id", "status", "timestamp",
+    "duration_ms", "error_type", "error_message",
+]  # fmt: skip
+SPAN_KEYS = [
+    "span_id", "parent_span_id", "name", "span_type", "status", "timestamp", "duration_ms",
+    "error_type", "error_message", "model", "provider", "input_tokens", "output_tokens",
+    "cached_input_tokens", "reasoning_tokens",
+]  # fmt: skip
+MESSAGE_KEYS = ["span_id", "role", "timestamp", "token_count", "content_preview"]
+DOCUMENT_KEYS = [
+    "document_id", "event_type", "status", "timestamp", "duration_ms", "chunk_count",
+    "error_message",
+]  # fmt: skip
+LATENCY_KEYS = ["avg_ms", "p50_ms", "p95_ms", "p99_ms", "max_ms"]
+
+
+async def test_trace_as_json_is_every_stored_row_under_stable_keys(
+    db_dsn: str, pool: asyncpg.Pool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`tracewriter trace --format json` prints one JSON document whose trace, spans and
+    messages carry the documented keys, in order, with the values stored in the tables."""
+    trace_id = await write_known_trace(db_dsn)
+    capsys.readouterr()
+    assert await run_cli("trace", trace_id, "--dsn", db_dsn, "--format", "json") == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    data = json.loads(out)
+    assert list(data) == ["trace", "spans", "messages", "documents"]
+    assert list(data["trace"]) == TRACE_KEYS
+    stored = await pool.fetchrow("SELECT * FROM observability.traces WHERE trace_id = $1", trace_id)
+    for key in TRACE_KEYS:
+        expected = stored[key].isoformat() if key == "timestamp" else stored[key]
+        assert data["trace"][key] == expected, key
+    assert all(list(s) == SPAN_KEYS for s in data["spans"])
+    spans = {
+        r["span_id"]: r
+        for r in await pool.fetch("SELECT * FROM observability.spans WHERE trace_id = $1", trace_id)
+    }
+    assert {s["span_id"] for s in data["spans"]} == set(spans)
+    for s in data["spans"]:
+        row = spans[s["span_id"]]
+        assert dt.datetime.fromisoformat(s["timestamp"]) == row["timestamp"]
+        for key in SPAN_KEYS:
+            if key != "timestamp":
+                assert s[key] == row[key], (row["name"], key)
+    by_name = {s["name"]: s for s in data["spans"]}
+    assert by_name["rerank"]["parent_span_id"] == by_name["retrieve"]["span_id"]
+    assert by_name["tool.lookup"]["error_type"] == "IndexOffline"
+    assert by_name["llm.generate"]["cached_input_tokens"] == 1024
+    assert [list(m) for m in data["messages"]] == [MESSAGE_KEYS, MESSAGE_KEYS]
+    assert [m["content_preview"] for m in data["messages"]] == [
+        "What is RAG?", "RAG is retrieval."
+    ]  # fmt: skip
+    [document] = data["documents"]
+    assert list(document) == DOCUMENT_KEYS
+    assert (document["document_id"], document["event_type"], document["status"]) == (
+        "doc-1", "index", "ok"
+    )  # fmt: skip
+    assert (document["duration_ms"], document["chunk_count"]) == (12.5, 3)
+
+
+async def test_stats_as_json_carries_the_same_figures_as_the_tables(
+    db_dsn: str, pool: asyncpg.Pool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`tracewriter stats --format json` prints the per-model and per-span-type figures of the
+    known calls under the documented keys, and the window in seconds."""
+    await write_known_llm_calls(db_dsn)
+    capsys.readouterr()
+    assert await run_cli("stats", "--since", "1h30m", "--dsn", db_dsn, "--format", "json") == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    data = json.loads(out)
+    assert list(data) == ["since_seconds", "models", "span_types", "document_stages"]
+    assert data["since_seconds"] == 5400
+    a, b = data["models"]
+    assert list(a) == ["model", "calls", "errors", "input_tokens", "output_tokens", *LATENCY_KEYS]
+    assert (a["model"], a["calls"], a["errors"], a["input_tokens"], a["output_tokens"]) == (
+        "model-a", 3, 0, 6000, 60
+    )  # fmt: skip
+    assert a["avg_ms"] == pytest.approx(700 / 3)
+    assert (a["p50_ms"], a["p99_ms"], a["max_ms"]) == (bucket_bound(200.0), 400.0, 400.0)
+    assert (b["model"], b["calls"], b["errors"]) == ("model-b", 1, 1)
+    types = {r["span_type"]: r for r in data["span_types"]}
+    assert all(
+        list(r) == ["span_type", "calls", "errors", *LATENCY_KEYS] for r in data["span_types"]
+    )
+    assert (types["llm"]["calls"], types["llm"]["errors"], types["retrieval"]["calls"]) == (4, 1, 1)
+    assert data["document_stages"] == []
+
+
+async def test_json_of_an_unknown_trace_prints_nothing_on_stdout(
+    db_dsn: str, pool: asyncpg.Pool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A missing trace with --format json exits 1 with the one-line error on stderr and no
+    half document on stdout, so a script's JSON parser never sees partial output."""
+    missing = "fedcba9876543210fedcba9876543210"
+    assert await run_cli("trace", missing, "--dsn", db_dsn, "--format", "json") == 1
+    out, err = capsys.readouterr()
+    assert out == "" and f"no trace {missing}" in err
+
+
+async def test_json_needs_no_rich_and_text_without_it_names_the_extra(
+    db_dsn: str,
+    pool: asyncpg.Pool,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With rich not importable, `stats --format json` still works, and the text format exits 1
+    naming the `cli` extra to install."""
+    for name in ("rich", "rich.console", "tracewriter.cli._render"):
+        monkeypatch.setitem(sys.modules, name, None)
+    assert await run_cli("stats", "--dsn", db_dsn, "--format", "json") == 0
+    assert json.loads(capsys.readouterr().out)["models"] == []
+    assert await run_cli("stats", "--dsn", db_dsn) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "pip install 'tracewriter[cli]'" in err

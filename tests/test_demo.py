@@ -9,9 +9,9 @@ import asyncpg
 import pytest
 from rich.console import Console
 
-from tracewriter._demo import EVENT_KINDS, EVENT_TABLES, run_demo
-from tracewriter._readback import COUNTED_TABLES
 from tracewriter.cli import main
+from tracewriter.cli._demo import EVENT_KINDS, EVENT_TABLES, run_demo
+from tracewriter.cli._query import COUNTED_TABLES
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -8,13 +8,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
+from tracewriter import _flusher as flusher_module
 from tracewriter import _schema as schema
 from tracewriter._buffer import Buffer
 from tracewriter._flusher import Flusher, FlusherSettings
 from tracewriter._ids import new_span_id, new_trace_id
 from tracewriter._records import Event, EventKind
-from tracewriter._sink import RetriableSinkError
+from tracewriter._sink import RetriableSinkError, SinkError
 from tracewriter.testing import InMemorySink
 
 
@@ -151,7 +153,7 @@ async def test_unavailable_sink_keeps_rows_and_writes_them_once_when_back() -> N
     assert not await flusher.flush_once(force=False)
     snap = buffer.snapshot()
     assert snap.in_flight == 100 and snap.written == 0 and snap.balances()
-    assert flusher.stats.retries == 2 and flusher.stats.consecutive_failures == 2
+    assert flusher.stats().retries == 2 and flusher.stats().consecutive_failures == 2
     sink.available = True
     assert await flusher.flush_once(force=False)
     assert len(sink.rows(schema.SPANS)) == 100
@@ -319,3 +321,58 @@ async def test_drain_returns_once_what_was_taken_is_written_despite_new_events()
         await task
     assert len(sink.rows(schema.SPANS)) >= 50
     assert buffer.snapshot().balances()
+
+
+class FlakySink(InMemorySink):
+    """Raises a bare SinkError (documented retriable) on its first ``failures`` COPYs."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def copy_rows(self, table: str, rows: Sequence[Any], *, dedupe: bool) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise SinkError("the server hiccupped", sqlstate="53300")
+        await super().copy_rows(table, rows, dedupe=dedupe)
+
+
+async def test_a_bare_sink_error_is_retried_as_its_retriable_flag_says() -> None:
+    """A SinkError with retriable=True keeps its rows for a retry and is no internal error."""
+    buffer, sink, flusher, _ = make(sink=FlakySink(failures=2))
+    for _ in range(3):
+        buffer.put(llm_event())
+    assert not await flusher.flush_once(force=True)
+    assert not await flusher.flush_once(force=True)
+    assert await flusher.flush_once(force=True)
+    stats, ledger = flusher.stats(), buffer.snapshot()
+    assert (stats.internal_errors, stats.retries) == (0, 2)
+    assert ledger.written == 3 and ledger.dead_lettered == 0 and ledger.balances()
+    assert len(sink.rows(schema.SPANS)) == 3
+
+
+async def test_refused_rows_are_logged_rate_limited_and_letters_past_the_cap_count_as_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Many refused rows give one warning, not one each; past the pending cap they are dropped
+    and counted as dropped, never as dead-lettered."""
+    monkeypatch.setattr(flusher_module, "_MAX_PENDING_DEAD_LETTERS", 5)
+    buffer, sink, flusher, _ = make(batch=64)
+    sink.refuse = lambda table, row: True
+    sink.available = True
+    # The dead letters cannot be written either, so they stay pending: the cap is reached.
+    monkeypatch.setattr(sink, "write_dead_letters", _never_written)
+    for _ in range(12):
+        buffer.put(llm_event())
+    with capture_logs() as logs:
+        await flusher.flush_once(force=True)
+    ledger = buffer.snapshot()
+    assert (ledger.dead_lettered, ledger.dropped_overflow) == (5, 7), ledger
+    assert ledger.balances() and ledger.in_flight == 0
+    lettered = [e for e in logs if e["event"] == "batch_dead_lettered"]
+    dropped = [e for e in logs if e["event"] == "dead_letter_dropped"]
+    assert len(lettered) == 1 and len(dropped) == 1, logs
+
+
+async def _never_written(letters: Sequence[Any]) -> None:
+    raise RetriableSinkError("dead_letters is locked", sqlstate="55P03")

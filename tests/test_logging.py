@@ -8,6 +8,7 @@ import pytest
 import structlog
 
 from tracewriter._logging import RateLimitedLog, get_logger
+from tracewriter.cli._main import _library_logs_to_stderr
 
 
 def test_structlog_configured_after_import_still_applies(
@@ -42,3 +43,22 @@ def test_rate_limited_log_logs_once_per_interval_and_counts_the_rest() -> None:
         ("flush_failed", 1, 0),
         ("flush_failed", 4, 2),
     ]
+
+
+def test_the_command_line_moves_only_tracewriters_lines_to_stderr(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Inside the CLI's log routing, tracewriter's warnings go to stderr and its info lines are
+    dropped, while another library's structlog events stay on stdout untouched."""
+    ours = get_logger("test")
+    theirs = structlog.get_logger("someone_else")
+    with _library_logs_to_stderr():
+        ours.info("our_quiet_event")
+        ours.warning("our_loud_event")
+        theirs.info("their_event")
+    ours.info("after_routing")
+    out, err = capsys.readouterr()
+    assert "our_loud_event" in err and "our_loud_event" not in out
+    assert "our_quiet_event" not in out + err
+    assert "their_event" in out and "their_event" not in err
+    assert "after_routing" in out  # the configuration is restored afterwards

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from tracewriter.migrate import apply_migrations
 
@@ -130,6 +131,7 @@ COLUMNS: dict[str, list[tuple[str, str, bool]]] = {
         ("rows_failed", "int8", False),
         ("rows_dropped", "int8", False),
         ("updated_at", "timestamptz", False),
+        ("consecutive_failures", "int4", False),
     ],
     "dead_letters": [
         ("id", "int8", False),
@@ -227,13 +229,21 @@ def admin(server_dsn: str, sql: str) -> None:
         conn.execute(sql)
 
 
-def create_migrated_database(server_dsn: str, prefix: str) -> str:
-    """Create a uniquely named database on the server, migrate it, and return its DSN."""
+def create_migrated_database(server_dsn: str, prefix: str, *, partitioning: str = "") -> str:
+    """Create a uniquely named database on the server, migrate it, and return its DSN.
+
+    ``partitioning`` ('native' or 'timescaledb') forces the migration's choice, so the native
+    path is tested on a TimescaleDB server too; empty lets the migration decide.
+    """
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin(server_dsn, f'CREATE DATABASE "{name}"')
     dsn = with_database(server_dsn, name)
     try:
-        apply_migrations(dsn)
+        if partitioning:
+            forced = make_conninfo(dsn, options=f"-c tracewriter.partitioning={partitioning}")
+            apply_migrations(forced)
+        else:
+            apply_migrations(dsn)
     except BaseException:
         drop_database(server_dsn, dsn)
         raise
@@ -247,9 +257,9 @@ def drop_database(server_dsn: str, dsn: str) -> None:
 
 
 @pytest.fixture
-def private_db(server_dsn: str) -> Iterator[str]:
-    """A freshly created and migrated database of this test's own, dropped afterwards."""
-    dsn = create_migrated_database(server_dsn, "tw_schema")
+def native_private_db(server_dsn: str) -> Iterator[str]:
+    """A private database of this test's own, on native partitions whatever the server offers."""
+    dsn = create_migrated_database(server_dsn, "tw_schema", partitioning="native")
     try:
         yield dsn
     finally:
@@ -257,9 +267,9 @@ def private_db(server_dsn: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def module_db(server_dsn: str) -> Iterator[str]:
-    """A migrated database shared by this module's tests that only add rows and partitions."""
-    dsn = create_migrated_database(server_dsn, "tw_schema")
+def native_module_db(server_dsn: str) -> Iterator[str]:
+    """A natively partitioned database shared by this module's tests that only add rows."""
+    dsn = create_migrated_database(server_dsn, "tw_schema", partitioning="native")
     try:
         yield dsn
     finally:
@@ -267,19 +277,16 @@ def module_db(server_dsn: str) -> Iterator[str]:
 
 
 async def connect_native(dsn: str) -> asyncpg.Connection:
-    """Connect to ``dsn``; skip the test unless the database uses native partitioning."""
+    """Connect to ``dsn``, a database migrated onto native partitions."""
     conn = await asyncpg.connect(dsn)
-    mode = await conn.fetchval("SELECT observability.partitioning_mode()")
-    if mode != "native":
-        await conn.close()
-        pytest.skip(f"the server uses {mode} partitioning, not native partitions")
+    assert await conn.fetchval("SELECT observability.partitioning_mode()") == "native"
     return conn
 
 
 @pytest.fixture
-async def native(module_db: str) -> AsyncIterator[asyncpg.Connection]:
-    """A connection to the module's database on the native partitioning path (else skip)."""
-    conn = await connect_native(module_db)
+async def native(native_module_db: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the module's natively partitioned database."""
+    conn = await connect_native(native_module_db)
     try:
         yield conn
     finally:
@@ -287,9 +294,9 @@ async def native(module_db: str) -> AsyncIterator[asyncpg.Connection]:
 
 
 @pytest.fixture
-async def native_private(private_db: str) -> AsyncIterator[asyncpg.Connection]:
-    """A connection to a private database on the native partitioning path (else skip)."""
-    conn = await connect_native(private_db)
+async def native_private(native_private_db: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to a private, natively partitioned database."""
+    conn = await connect_native(native_private_db)
     try:
         yield conn
     finally:
@@ -729,13 +736,11 @@ async def test_ensure_partitions_is_idempotent(native: asyncpg.Connection) -> No
 
 
 async def test_ensure_partitions_bounds_are_utc_whatever_the_session_timezone(
-    private_db: str,
+    native_private_db: str,
 ) -> None:
     """Partitions created from a session in a +13:45 time zone still start at UTC midnight."""
-    conn = await asyncpg.connect(private_db, server_settings={"TimeZone": "Pacific/Chatham"})
+    conn = await asyncpg.connect(native_private_db, server_settings={"TimeZone": "Pacific/Chatham"})
     try:
-        if await conn.fetchval("SELECT observability.partitioning_mode()") != "native":
-            pytest.skip("the server does not use native partitioning, so there are no bounds")
         await conn.execute("SET datestyle = 'SQL, DMY'")
         assert await conn.fetchval("SELECT observability.ensure_partitions(0, 30)") > 0
         await conn.execute("SET datestyle = 'ISO, YMD'")
@@ -796,12 +801,10 @@ async def test_ensure_partitions_moves_rows_out_of_default(
     assert await native_private.fetchval("SELECT count(*) FROM observability.spans_default") == 0
 
 
-async def test_ensure_partitions_is_safe_under_concurrency(private_db: str) -> None:
+async def test_ensure_partitions_is_safe_under_concurrency(native_private_db: str) -> None:
     """Concurrent callers all succeed and between them create each partition exactly once."""
-    conns = [await asyncpg.connect(private_db) for _ in range(4)]
+    conns = [await asyncpg.connect(native_private_db) for _ in range(4)]
     try:
-        if await conns[0].fetchval("SELECT observability.partitioning_mode()") != "native":
-            pytest.skip("the server does not use native partitioning")
         created = await asyncio.gather(
             *(c.fetchval("SELECT observability.ensure_partitions(0, 60)") for c in conns)
         )
@@ -855,24 +858,13 @@ async def test_drop_partitions_older_than_removes_exactly_the_old_partitions(
 
 
 @pytest.fixture
-def timescale_db(server_dsn: str) -> Iterator[str]:
-    """A private migrated database on a server where TimescaleDB can be used; else skip."""
-    with psycopg.connect(server_dsn, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'), "
-            "current_setting('shared_preload_libraries')"
-        ).fetchone()
-    assert row is not None
-    available, preload = row
-    if not available:
-        pytest.skip("TimescaleDB is not installed on this server (not in pg_available_extensions)")
-    if not re.search(r"(^|[^\w])timescaledb([^\w]|$)", preload):
-        pytest.skip("TimescaleDB is installed but not in shared_preload_libraries")
-    dsn = create_migrated_database(server_dsn, "tw_tsdb")
+def timescale_db(timescaledb_server: str) -> Iterator[str]:
+    """A private database migrated onto TimescaleDB hypertables (where TimescaleDB is usable)."""
+    dsn = create_migrated_database(timescaledb_server, "tw_tsdb")
     try:
         yield dsn
     finally:
-        drop_database(server_dsn, dsn)
+        drop_database(timescaledb_server, dsn)
 
 
 @pytest.mark.timescaledb

@@ -11,7 +11,7 @@ import pytest
 import structlog
 
 import tracewriter._records as records_module
-from tracewriter import ObservabilityService, TraceContext, current_context
+from tracewriter import ObservabilityService, Provider, TraceContext, current_context
 from tracewriter._records import Event
 
 pytestmark = pytest.mark.timeout(120)
@@ -21,7 +21,7 @@ class Retriever(Exception):
     """An application error raised inside a span."""
 
 
-class RecordingProvider:
+class RecordingProvider(Provider):
     """A second provider that keeps what it receives."""
 
     name = "recording"
@@ -33,7 +33,7 @@ class RecordingProvider:
         self.events.append(event)
 
 
-class BrokenProvider:
+class BrokenProvider(Provider):
     """A provider that fails on every call."""
 
     name = "broken"
@@ -179,13 +179,16 @@ def test_a_synchronous_program_in_thread_mode_writes_the_same_rows(db_dsn: str) 
     assert asyncio.run(read()) == (1, 2, 1, 1)
 
 
-async def test_the_hot_path_neither_encodes_json_nor_touches_the_pool(
+async def test_the_hot_path_encodes_metadata_once_and_never_touches_the_pool(
     db_dsn: str, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Recording calls never encode JSON or use a connection: both fail loudly if they do."""
+    """Recording calls use no connection and no thorough JSON encoding: a metadata dict costs
+    one orjson call, and a call without metadata none."""
     svc = service(db_dsn, flush_interval=3600)
     await svc.start()
     calls: list[str] = []
+    encoded: list[object] = []
+    real_dumps = records_module._dumps
 
     def forbidden(name: str) -> Any:
         def fail(*args: Any, **kwargs: Any) -> Any:
@@ -194,9 +197,13 @@ async def test_the_hot_path_neither_encodes_json_nor_touches_the_pool(
 
         return fail
 
+    def counting_dumps(value: object, *args: Any) -> bytes:
+        encoded.append(value)
+        return real_dumps(value, *args)
+
     with monkeypatch.context() as patch:
         patch.setattr(records_module, "encode_metadata", forbidden("encode_metadata"))
-        patch.setattr(records_module.orjson, "dumps", forbidden("orjson.dumps"))
+        patch.setattr(records_module, "_dumps", counting_dumps)
         patch.setattr(json, "dumps", forbidden("json.dumps"))
         patch.setattr(asyncpg.pool.Pool, "acquire", forbidden("Pool.acquire"))
         patch.setattr(asyncpg.connection.Connection, "execute", forbidden("Connection.execute"))
@@ -206,8 +213,15 @@ async def test_the_hot_path_neither_encodes_json_nor_touches_the_pool(
         svc.log_chat_message(ctx, role="user", content="hello", metadata={"y": 2})
         svc.end_trace(ctx, metadata={"z": 3})
     assert calls == []
-    assert await svc.flush(timeout=30)  # encoding happens now, off the hot path
+    assert encoded == [{"k": [1, 2, 3]}, {"nested": {"a": 1}}, {"x": 1}, {"y": 2}, {"z": 3}]
+    assert await svc.flush(timeout=30)  # the rest of the encoding happens now, off the hot path
     await svc.close()
+    assert (
+        await pool.fetchval(
+            "SELECT metadata->>'k' FROM observability.traces WHERE trace_id = $1", ctx.trace_id
+        )
+        == "[1, 2, 3]"
+    )
     assert (
         await pool.fetchval(
             "SELECT metadata->>'z' FROM observability.traces WHERE trace_id = $1", ctx.trace_id

@@ -7,6 +7,7 @@ COPY into the ``observability`` schema (TimescaleDB hypertables where that exten
 
 from tracewriter._config import WriterConfig
 from tracewriter._context import TraceContext, current_context
+from tracewriter._handles import SpanHandle
 from tracewriter._provider import PostgresProvider, Provider, WriterStats
 from tracewriter._records import Event, EventKind
 from tracewriter._service import ObservabilityService, get_instance, reset_instance
@@ -19,6 +20,7 @@ __all__ = [
     "ObservabilityService",
     "PostgresProvider",
     "Provider",
+    "SpanHandle",
     "TraceContext",
     "TracewriterError",
     "WriterClosedError",

@@ -46,7 +46,6 @@ class WriterConfig:
         open_row_grace: seconds an open span is held back waiting for its end before it is
             written as an open row.
         thread_mode: run the writer on its own thread with its own event loop.
-        schema: the database schema of the tables (a plain lowercase identifier).
         pgbouncer: PgBouncer transaction pooling: no named prepared statements, statement
             cache off.
         connect_timeout: seconds to establish a connection.
@@ -68,7 +67,6 @@ class WriterConfig:
     pool_size: int = 4
     open_row_grace: float = 5.0
     thread_mode: bool = False
-    schema: str = "observability"
     pgbouncer: bool = False
     connect_timeout: float = 10.0
     command_timeout: float = 30.0
@@ -175,7 +173,6 @@ class WriterConfig:
 
 # --- rules -----------------------------------------------------------------------------------
 
-_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _URI_DSN = re.compile(r"\s*postgres(?:ql)?://", re.IGNORECASE)
 _KEYVALUE_DSN = re.compile(r"\s*[A-Za-z_]+\s*=")
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
@@ -214,11 +211,6 @@ _RULES: Final[dict[str, tuple[_Kind, str, Callable[[Any], bool]]]] = {
     "pool_size": ("int", "an integer >= 1 (2 or more recommended)", _positive),
     "open_row_grace": ("float", _NON_NEGATIVE_SECONDS, _non_negative),
     "thread_mode": ("bool", "a boolean (1/0, true/false, yes/no, on/off)", _always),
-    "schema": (
-        "str",
-        "a lowercase SQL identifier matching ^[a-z_][a-z0-9_]{0,62}$",
-        lambda v: _IDENTIFIER.fullmatch(v) is not None,
-    ),
     "pgbouncer": ("bool", "a boolean (1/0, true/false, yes/no, on/off)", _always),
     "connect_timeout": ("float", _POSITIVE_SECONDS, _positive),
     "command_timeout": ("float", _POSITIVE_SECONDS, _positive),

@@ -201,17 +201,17 @@ def make_context(  # noqa: PLR0917 - positional on purpose: it is on the span ho
     start_monotonic: float | None,
 ) -> TraceContext:
     """Build a `TraceContext` from its fields, positionally and without ``__init__``'s cost."""
-    return _build(
-        TraceContext,
-        trace_id,
-        span_id,
-        parent_span_id,
-        user_id,
-        session_id,
-        kb_id,
-        timestamp,
-        start_monotonic,
-    )
+    # The setters inline, not through _build: one call less on the span hot path.
+    ctx: Any = _new_object(TraceContext)
+    _set_trace_id(ctx, trace_id)
+    _set_span_id(ctx, span_id)
+    _set_parent_span_id(ctx, parent_span_id)
+    _set_user_id(ctx, user_id)
+    _set_session_id(ctx, session_id)
+    _set_kb_id(ctx, kb_id)
+    _set_timestamp(ctx, timestamp)
+    _set_start_monotonic(ctx, start_monotonic)
+    return ctx  # type: ignore[no-any-return]
 
 
 def _build(  # noqa: PLR0917 - positional on purpose: it is on the span hot path

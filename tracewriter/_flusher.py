@@ -1,8 +1,8 @@
 """The flusher: the one background task that drains the buffer into a sink.
 
 Owns timing (every ``flush_interval``, early when a batch is full, at once on ``flush()``),
-coalescing (a start and its end in the same flush become one complete row; a start still open
-is held for ``open_row_grace`` and then written open, its end later upserted), retries with
+feeding taken events to the :class:`~tracewriter._assembler.Assembler` in slices of about a
+millisecond (it builds rows and coalesces starts with ends), retries with
 exponential backoff and jitter, isolation of rows the database refuses (split the batch until
 they are alone, then dead-letter them), the metric roll-ups of what was written, and the
 accounting of every event taken from the buffer. It talks to a :class:`~tracewriter._sink.Sink`
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as _dt
 import random
 import time
@@ -22,23 +23,13 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from tracewriter._assembler import Assembler, Pending
 from tracewriter._buffer import Buffer
 from tracewriter._logging import RateLimitedLog, get_logger
-from tracewriter._records import (
-    Event,
-    EventKind,
-    InvalidEvent,
-    Row,
-    build,
-    clean_text,
-    complete_row,
-    end_table,
-)
+from tracewriter._records import EventTuple, InvalidEvent, Row, build, clean_text
 from tracewriter._rollup import Rollup
 from tracewriter._sink import (
-    DataSinkError,
     DeadLetter,
-    RetriableSinkError,
     Sink,
     SinkError,
     SyncStatus,
@@ -48,17 +39,12 @@ __all__ = ["Flusher", "FlusherSettings", "FlusherStats"]
 
 _log = get_logger("flusher")
 
-_STARTS: Final = frozenset({EventKind.SPAN_START, EventKind.TRACE_START})
 # Work done between yields to the event loop the flusher shares with the application: about
-# 1 ms each at ~8 µs an event built and ~2 µs a row rolled up.
-_BUILD_CHUNK: Final = 128
-_ROLLUP_CHUNK: Final = 500
+# 1 ms each at ~4 µs an event assembled and ~1 µs a row rolled up.
+_BUILD_CHUNK: Final = 256
+_ROLLUP_CHUNK: Final = 1000
 _MAX_PENDING_DEAD_LETTERS: Final = 10_000
 _MAX_PENDING_METRIC_BATCHES: Final = 1_000
-
-# Indices of the columns the flusher reads from rows (same positions in traces and spans).
-_TRACE_ID: Final = 2
-_SPAN_ID: Final = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,29 +77,31 @@ class FlusherStats:
     held_open: int = 0
 
 
-@dataclass(slots=True)
-class _Entry:
-    """A row to write and the number of events it settles (2 for a coalesced start+end)."""
-
-    row: Row
-    events: int
-
-
-@dataclass(slots=True, eq=False)  # batches are compared by identity
 class _Batch:
-    entries: list[_Entry]
-    # Set after a retriable failure: the write may have committed, so retry de-duplicating.
-    ambiguous: bool = False
+    """Rows of one table to write together, their event weights, and whether a retry must
+    de-duplicate (set after a retriable failure: the write may have committed)."""
 
+    __slots__ = ("ambiguous", "rows", "weights")
 
-@dataclass(slots=True)
-class _Held:
-    table: str
-    row: Row
-    since: float
+    def __init__(self, rows: list[Row], weights: bytearray) -> None:
+        self.rows = rows
+        self.weights = weights
+        self.ambiguous = False
 
 
 WriteOp = Callable[[str, Sequence[Row], bool], Awaitable[None]]
+
+
+def _retriable(exc: BaseException) -> bool:
+    """The one decision between retrying a write later and isolating its rows now."""
+    return isinstance(exc, SinkError) and exc.retriable
+
+
+def _server_reachable(exc: BaseException) -> bool:
+    """Whether the server answered the failed write (a SQLSTATE outside class 08): then it
+    can take the status row that reports the failure."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    return not isinstance(exc, SinkError) or bool(sqlstate and not sqlstate.startswith("08"))
 
 
 class Flusher:
@@ -131,7 +119,7 @@ class Flusher:
         self._sink = sink
         self._settings = settings
         self._clock = clock
-        self._held: dict[tuple[str, str, str | None], _Held] = {}
+        self._assembler = Assembler(open_row_grace=settings.open_row_grace, build=build)
         self._inserts: dict[str, list[_Batch]] = {}
         self._ends: dict[str, list[_Batch]] = {}
         self._metric_batches: list[tuple[str, list[Row]]] = []
@@ -140,9 +128,7 @@ class Flusher:
         self._status_sent = 0
         self._status_failed = 0
         self._dropped_reported = 0
-        self._unbuilt: deque[Event] = deque()
-        self._fresh_inserts: dict[str, list[_Entry]] = {}
-        self._fresh_ends: dict[str, list[_Entry]] = {}
+        self._unbuilt: deque[EventTuple] = deque()
         self._stats = FlusherStats()
         self._wake = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -151,6 +137,11 @@ class Flusher:
         self._next_maintenance = 0.0
         self._rejected_log = RateLimitedLog(_log, "event_rejected")
         self._retry_log = RateLimitedLog(_log, "flush_failed", level="warning")
+        self._status_log = RateLimitedLog(_log, "sync_status_failed", level="warning")
+        self._dead_letter_log = RateLimitedLog(_log, "batch_dead_lettered", level="warning")
+        self._dead_letter_dropped_log = RateLimitedLog(_log, "dead_letter_dropped", level="error")
+        # The failure streak not yet written to provider_sync_status: (error, when, length).
+        self._unreported_failure: tuple[str, _dt.datetime, int] | None = None
 
     # --- control ------------------------------------------------------------------------------
 
@@ -158,16 +149,22 @@ class Flusher:
         """Ask for a flush now (from the flusher's loop; other threads use call_soon_threadsafe)."""
         self._wake.set()
 
-    @property
     def stats(self) -> FlusherStats:
-        """Counters of flushes, retries and errors (a live object; copy before sharing)."""
-        self._stats.held_open = len(self._held)
-        return self._stats
+        """A copy of the counters of flushes, retries and errors, with what is held open now."""
+        return dataclasses.replace(
+            self._stats,
+            rows_written=dict(self._stats.rows_written),
+            held_open=self._assembler.held,
+        )
+
+    def note_task_died(self) -> None:
+        """Count the death of the task running :meth:`run` (a bug, or a BaseException)."""
+        self._stats.internal_errors += 1
 
     def has_pending(self) -> bool:
         """Whether any taken event is still unwritten (held open, or waiting for a retry)."""
         return bool(
-            self._held
+            self._assembler.held
             or self._unbuilt
             or any(self._inserts.values())
             or any(self._ends.values())
@@ -217,20 +214,20 @@ class Flusher:
             try:
                 await self._build(force=force)
                 await self._write_pending()
-            except RetriableSinkError as exc:
+            except Exception as exc:
+                if not _retriable(exc):  # a bug must not kill the task: log, count, carry on
+                    self._stats.internal_errors += 1
+                    _log.exception("flusher_cycle_crashed")
                 self._note_failure(exc)
-                return False
-            except Exception as exc:  # a bug must not kill the task: log, count, carry on
-                self._stats.internal_errors += 1
-                self._note_failure(exc)
-                _log.exception("flusher_cycle_crashed")
+                if _server_reachable(exc):  # else writing the status would fail the same way
+                    await self._record_status(succeeded=False)
                 return False
             finally:
                 self._stats.flushes += 1
                 self._stats.last_flush_duration = self._clock() - started
                 self._stats.last_flush_at = _dt.datetime.now(_dt.UTC)
             self._stats.consecutive_failures = 0
-            await self._record_status()
+            await self._record_status(succeeded=True)
             return not self.has_pending()
 
     async def drain(self, timeout: float, *, until_empty: bool = False) -> bool:
@@ -261,89 +258,53 @@ class Flusher:
         """Close the buffer and count everything not yet written as dropped at close."""
         self._buffer.close()
         leftover = self._buffer.take()
-        events = len(leftover) + len(self._unbuilt) + len(self._held)
-        for fresh in (self._fresh_inserts, self._fresh_ends):
-            events += sum(e.events for entries in fresh.values() for e in entries)
+        events = len(leftover) + len(self._unbuilt) + self._assembler.clear()
         for queues in (self._inserts, self._ends):
-            events += sum(e.events for q in queues.values() for b in q for e in b.entries)
+            events += sum(sum(b.weights) for q in queues.values() for b in q)
         self._unbuilt.clear()
-        self._held.clear()
-        for state in (self._fresh_inserts, self._fresh_ends, self._inserts, self._ends):
-            state.clear()
+        self._inserts.clear()
+        self._ends.clear()
         if events:
             self._buffer.settle(dropped_at_close=events)
         return events
 
-    # --- building -----------------------------------------------------------------------------
+    # --- assembling ---------------------------------------------------------------------------
 
     async def _build(self, *, force: bool) -> None:
-        """Turn taken events into rows, coalescing starts with their ends."""
+        """Turn taken events into rows (the assembler's work), a slice at a time."""
         self._unbuilt.extend(self._buffer.take())
+        assembler = self._assembler
         now = self._clock()
-        n = 0
         while self._unbuilt:
-            n += 1
-            if n % _BUILD_CHUNK == 0:
-                await asyncio.sleep(0)  # building is CPU work on the host's loop: share it
-            event = self._unbuilt.popleft()
-            end_of = end_table(event.kind)
-            if end_of is not None:
-                start = self._held.pop((end_of, event.trace_id, event.span_id), None)
-                if start is not None:  # coalesce: complete the held start, build no end row
-                    self._coalesce(end_of, start, event)
-                    continue
-            try:
-                table, row = build(event)
-            except Exception as exc:  # InvalidEvent, or a hostile value beat the sanitiser
-                self._reject(event, exc)
-                continue
-            self._place(event, table, row, now)
+            assembler.add(self._unbuilt, now, _BUILD_CHUNK)
+            self._settle_rejected()
+            if self._unbuilt:
+                await asyncio.sleep(0)  # assembling is CPU work on the host's loop: share it
         # Open rows past their grace (or all of them when forced) are written open now.
-        grace = self._settings.open_row_grace
-        for key in [k for k, h in self._held.items() if force or now - h.since >= grace]:
-            held = self._held.pop(key)
-            self._fresh_inserts.setdefault(held.table, []).append(_Entry(held.row, 1))
-        self._batch_up(self._inserts, self._fresh_inserts)
-        self._batch_up(self._ends, self._fresh_ends)
+        assembler.release(now, force=force)
+        inserts, ends = assembler.take()
+        self._batch_up(self._inserts, inserts)
+        self._batch_up(self._ends, ends)
 
-    def _coalesce(self, table: str, start: _Held, end: Event) -> None:
-        inserts = self._fresh_inserts.setdefault(table, [])
-        try:
-            row = complete_row(table, start.row, end)
-        except Exception as exc:  # an unusable end: the start is still worth its open row
-            inserts.append(_Entry(start.row, 1))
-            self._reject(end, exc)
+    def _settle_rejected(self) -> None:
+        rejected = self._assembler.take_rejected()
+        if not rejected:
             return
-        inserts.append(_Entry(row, 2))
+        self._buffer.settle(rejected_invalid=len(rejected))
+        for exc, kind in rejected:
+            reason = str(exc) if isinstance(exc, InvalidEvent) else repr(type(exc))
+            self._rejected_log.hit(reason=reason, kind=clean_text(kind, 32))
 
-    def _reject(self, event: Event, exc: Exception) -> None:
-        self._buffer.settle(rejected_invalid=1)
-        reason = str(exc) if isinstance(exc, InvalidEvent) else repr(type(exc))
-        self._rejected_log.hit(reason=reason, kind=clean_text(event.kind, 32))
-
-    def _place(self, event: Event, table: str, row: Row, now: float) -> None:
-        kind = event.kind
-        inserts = self._fresh_inserts.setdefault(table, [])
-        if kind in _STARTS:
-            key = (table, row[_TRACE_ID], row[_SPAN_ID])
-            earlier = self._held.get(key)
-            if earlier is not None:  # the same span started twice: keep both facts
-                inserts.append(_Entry(earlier.row, 1))
-            self._held[key] = _Held(table, row, now)
-        elif (
-            end_table(kind) is not None
-        ):  # its start is not held (written open already, or never seen)
-            self._fresh_ends.setdefault(table, []).append(_Entry(row, 1))
-        else:
-            inserts.append(_Entry(row, 1))
-
-    def _batch_up(self, queues: dict[str, list[_Batch]], fresh: dict[str, list[_Entry]]) -> None:
+    def _batch_up(self, queues: dict[str, list[_Batch]], fresh: dict[str, Pending]) -> None:
         size = self._settings.max_batch_rows
-        for table, entries in fresh.items():
+        for table, pending in fresh.items():
             batches = queues.setdefault(table, [])
-            for i in range(0, len(entries), size):
-                batches.append(_Batch(entries[i : i + size]))
-        fresh.clear()
+            rows, weights = pending.rows, pending.weights
+            if len(rows) <= size:
+                batches.append(_Batch(rows, weights))
+                continue
+            for i in range(0, len(rows), size):
+                batches.append(_Batch(rows[i : i + size], weights[i : i + size]))
 
     # --- writing ------------------------------------------------------------------------------
 
@@ -368,7 +329,9 @@ class Flusher:
             batch_id, rows = self._metric_batches[0]
             try:
                 await self._sink.upsert_metrics(batch_id, rows)
-            except DataSinkError as exc:
+            except SinkError as exc:
+                if _retriable(exc):
+                    raise
                 _log.error("metric_rollup_refused", error=str(exc), rows=len(rows))
             self._metric_batches.pop(0)
         if self._dead_letters:
@@ -402,53 +365,59 @@ class Flusher:
 
     async def _write_isolating(self, table: str, batch: _Batch, op: WriteOp) -> None:
         """Write ``batch``; on a data error split it until the refused rows stand alone."""
-        stack = [batch.entries]
+        stack = [(batch.rows, batch.weights)]
         while stack:
-            part = stack.pop()
-            rows = [e.row for e in part]
+            rows, weights = stack.pop()
             try:
                 # A lone row always goes the de-duplicating way: if it was written by an
                 # earlier ambiguous attempt, it must count as written, not as refused.
-                await op(table, rows, batch.ambiguous or len(part) == 1)
-            except DataSinkError as exc:
-                if len(part) == 1:
-                    self._dead_letter(table, part[0], exc)
-                else:
-                    half = len(part) // 2
-                    stack.append(part[half:])
-                    stack.append(part[:half])
-                continue
-            except BaseException:  # retriable, or cancelled mid-write: keep what is unwritten
-                batch.entries = part + [e for p in reversed(stack) for e in p]
+                await op(table, rows, batch.ambiguous or len(rows) == 1)
+            except BaseException as exc:
+                if isinstance(exc, SinkError) and not _retriable(exc):  # refused for its data
+                    if len(rows) == 1:
+                        self._dead_letter(table, rows[0], weights[0], exc)
+                    else:
+                        half = len(rows) // 2
+                        stack.append((rows[half:], weights[half:]))
+                        stack.append((rows[:half], weights[:half]))
+                    continue
+                # Retriable, a bug, or cancelled mid-write: keep what is unwritten.
+                batch.rows = rows + [r for p in reversed(stack) for r in p[0]]
+                batch.weights = weights + b"".join(p[1] for p in reversed(stack))
                 batch.ambiguous = True
                 raise
-            self._written(table, part)
-            for i in range(0, len(part), _ROLLUP_CHUNK):
+            self._written(table, rows, weights)
+            if len(rows) <= _ROLLUP_CHUNK:
+                self._rollup.add_rows(table, rows)
+                continue
+            for i in range(0, len(rows), _ROLLUP_CHUNK):
                 if i:
                     await asyncio.sleep(0)
-                self._rollup.add_rows(table, (e.row for e in part[i : i + _ROLLUP_CHUNK]))
+                self._rollup.add_rows(table, rows[i : i + _ROLLUP_CHUNK])
 
-    def _written(self, table: str, part: list[_Entry]) -> None:
-        events = sum(e.events for e in part)
-        self._buffer.settle(written={table: events})
-        self._stats.rows_written[table] = self._stats.rows_written.get(table, 0) + len(part)
-        self._status_sent += len(part)
+    def _written(self, table: str, rows: list[Row], weights: bytearray) -> None:
+        self._buffer.settle(written={table: sum(weights)})
+        self._stats.rows_written[table] = self._stats.rows_written.get(table, 0) + len(rows)
+        self._status_sent += len(rows)
 
-    def _dead_letter(self, table: str, entry: _Entry, exc: SinkError) -> None:
+    def _dead_letter(self, table: str, row: Row, events: int, exc: SinkError) -> None:
         limit = self._settings.dead_letter_max_chars
         letter = DeadLetter(
             table=table,
-            row_text=clean_text(repr(entry.row), limit) or "",
+            row_text=clean_text(repr(row), limit) or "",
             error=clean_text(str(exc), 1000) or type(exc).__name__,
             sqlstate=exc.sqlstate,
         )
-        if len(self._dead_letters) < _MAX_PENDING_DEAD_LETTERS:
-            self._dead_letters.append(letter)
-        self._buffer.settle(dead_lettered=entry.events)
         self._status_failed += 1
-        _log.warning(
-            "batch_dead_lettered", table=table, sqlstate=exc.sqlstate, error=letter.error[:200]
-        )
+        if len(self._dead_letters) >= _MAX_PENDING_DEAD_LETTERS:
+            # The dead-letter table is not being written (it is the refused rows that keep
+            # coming, faster than it is): this row is lost, and counted as what it is.
+            self._buffer.settle(dropped=events)
+            self._dead_letter_dropped_log.hit(table=table, pending=len(self._dead_letters))
+            return
+        self._dead_letters.append(letter)
+        self._buffer.settle(dead_lettered=events)
+        self._dead_letter_log.hit(table=table, sqlstate=exc.sqlstate, error=letter.error[:200])
 
     # --- failure and status -------------------------------------------------------------------
 
@@ -462,27 +431,40 @@ class Flusher:
         self._stats.consecutive_failures += 1
         self._stats.retries += 1
         self._stats.last_error = clean_text(str(exc) or type(exc).__name__, 1000)
+        self._unreported_failure = (
+            self._stats.last_error or type(exc).__name__,
+            _dt.datetime.now(_dt.UTC),
+            self._stats.consecutive_failures,
+        )
         self._retry_log.hit(
             error=self._stats.last_error,
             sqlstate=getattr(exc, "sqlstate", None),
             failures=self._stats.consecutive_failures,
         )
 
-    async def _record_status(self) -> None:
+    async def _record_status(self, *, succeeded: bool) -> None:
+        """Write this provider's row in provider_sync_status: the deltas since the last one,
+        and the failure streak not yet written (after an outage, the outage's)."""
         dropped_total = self._buffer.snapshot().dropped_overflow
+        failure = self._unreported_failure
         status = SyncStatus(
             provider=self._settings.provider_name,
             flushed_at=self._stats.last_flush_at or _dt.datetime.now(_dt.UTC),
-            succeeded=True,
-            error=None,
+            succeeded=succeeded,
+            error=failure[0] if failure else None,
+            error_at=failure[1] if failure else None,
+            consecutive_failures=failure[2] if failure else 0,
             rows_sent=self._status_sent,
             rows_failed=self._status_failed,
             rows_dropped=dropped_total - self._dropped_reported,
         )
         try:
             await self._sink.record_sync_status(status)
-        except SinkError:
-            return  # status is best effort; the deltas go with the next one
+        except Exception as exc:  # best effort: the deltas and the streak go with the next one
+            self._status_log.hit(error=clean_text(str(exc) or type(exc).__name__, 300))
+            return
         self._status_sent -= status.rows_sent
         self._status_failed -= status.rows_failed
         self._dropped_reported = dropped_total
+        if self._unreported_failure is failure:
+            self._unreported_failure = None

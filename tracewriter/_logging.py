@@ -9,20 +9,29 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Final
 
 import structlog
 
-__all__ = ["RateLimitedLog", "get_logger"]
+__all__ = ["LOGGER_NAME", "RateLimitedLog", "get_logger", "is_tracewriter_event"]
+
+LOGGER_NAME: Final = "tracewriter"
 
 
 def get_logger(component: str) -> Any:
     """A structlog logger bound to ``component`` (the module that logs)."""
     # get_logger with initial values returns a lazy proxy: the application's later
     # structlog.configure() still applies (an eager .bind() here would freeze the config
-    # in force when tracewriter was imported).
-    return structlog.get_logger("tracewriter", component=component)
+    # in force when tracewriter was imported). ``logger_name`` (structlog's console renderer
+    # shows it as [tracewriter]) tells our lines from the application's, for whoever routes
+    # or filters them.
+    return structlog.get_logger(LOGGER_NAME, logger_name=LOGGER_NAME, component=component)
+
+
+def is_tracewriter_event(event_dict: Mapping[str, Any]) -> bool:
+    """Whether a structlog event dict is one of tracewriter's own log lines."""
+    return event_dict.get("logger_name") == LOGGER_NAME
 
 
 class RateLimitedLog:

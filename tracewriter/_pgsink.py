@@ -57,10 +57,12 @@ def classify_error(exc: BaseException, dsn: str | None = None) -> SinkError:
 
 
 async def _yielding(rows: Sequence[Row], every: int) -> AsyncIterator[Row]:
-    for i, row in enumerate(rows, 1):
-        yield row
-        if i % every == 0:
+    # Slices of ``every`` rows with a plain for loop: no per-row counter or modulo.
+    for start in range(0, len(rows), every):
+        if start:
             await asyncio.sleep(0)
+        for row in rows[start : start + every]:
+            yield row
 
 
 class PostgresSink:
@@ -70,7 +72,7 @@ class PostgresSink:
         if not config.dsn:
             raise ConfigurationError("dsn: a PostgreSQL DSN is required (or TRACEWRITER_DSN)")
         self._config = config
-        self._sql = Statements.for_schema(config.schema)
+        self._sql = Statements.build()
         self._pool: asyncpg.Pool | None = None
 
     def __repr__(self) -> str:
@@ -128,7 +130,7 @@ class PostgresSink:
             return
         try:
             await asyncio.wait_for(pool.close(), timeout=max(timeout, 0.01))
-        except (TimeoutError, Exception):
+        except Exception:  # the timeout, or a connection that broke while closing
             pool.terminate()
 
     def forget(self) -> asyncpg.Pool | None:
@@ -217,6 +219,10 @@ class PostgresSink:
                 self._sql.sync_status_upsert,
                 status.provider,
                 status.flushed_at,
+                status.succeeded,
+                status.error,
+                status.error_at,
+                status.consecutive_failures,
                 status.rows_sent,
                 status.rows_failed,
                 status.rows_dropped,

@@ -1,38 +1,39 @@
 """Providers: where the service sends events. ``PostgresProvider`` is the one this library is for.
 
-Owns the lifecycle of one writer — a buffer, a flusher and a sink wired together — and where it
-runs: as a task on the event loop that started it (default), or on a dedicated thread with its
-own loop (``thread_mode``, for synchronous applications, and to keep COPY encoding off a
-latency-critical loop). The flusher code is the same in both. It also owns what happens at a
-fork (the child gets a fresh, unstarted writer and never touches the parent's pool or buffer)
-and at interpreter exit (a bounded best-effort flush of a writer nobody closed).
+Owns the ``Provider`` contract, the lifecycle of one writer — a buffer, a flusher and a sink
+wired together — and where it runs: as a task on the event loop that started it (default), or
+on a :class:`LoopThread` of its own (``thread_mode``, for synchronous applications). Each
+lifecycle step is written once, as a coroutine on the writer's loop; the synchronous entry
+points only choose the loop to run it on. It also owns what happens at a fork (the child gets
+a fresh, unstarted writer and never touches the parent's pool or buffer) and at interpreter
+exit (a bounded best-effort flush of a writer nobody closed).
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
-import concurrent.futures
+import contextlib
 import os
 import socket
 import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import Field, dataclass, field, fields
+from typing import Any, Final, Protocol, TypeVar, runtime_checkable
 
 from tracewriter._buffer import Buffer, LedgerSnapshot
 from tracewriter._config import WriterConfig, redact_dsn
 from tracewriter._flusher import Flusher, FlusherSettings
 from tracewriter._logging import get_logger
 from tracewriter._pgsink import PostgresSink
-from tracewriter._records import Event
+from tracewriter._records import EventTuple
 from tracewriter._sink import Sink
 from tracewriter.errors import ConfigurationError, WriterClosedError
 
-__all__ = ["PostgresProvider", "Provider", "WriterStats"]
+__all__ = ["LoopThread", "PostgresProvider", "Provider", "WriterStats"]
 
 _log = get_logger("provider")
 T = TypeVar("T")
@@ -40,18 +41,32 @@ T = TypeVar("T")
 
 @runtime_checkable
 class Provider(Protocol):
-    """Anything the service can send events to.
+    """Anything the service sends events to.
 
     ``record`` is called on the application's hot path: it must return at once and should not
-    raise (the service guards it anyway). A provider may also define ``async start()``,
-    ``async flush(timeout)``, ``async close(timeout)`` and ``stats()``; the service calls them
-    when present.
+    raise (the service guards it anyway). The service calls every other member too, for every
+    provider, in the asynchronous and the synchronous lifecycle alike. Subclass ``Provider`` to
+    inherit the do-nothing defaults below and define only ``name``, ``record`` and what you
+    need; a class that does not subclass it must define every member (the service checks).
     """
 
     name: str
 
-    def record(self, event: Event) -> None:
-        """Take one event."""
+    def record(self, event: EventTuple) -> None:
+        """Take one event: a plain tuple laid out as :class:`~tracewriter._records.Event`."""
+
+    def reject(self) -> None:
+        """Count one event the service refused before building it (a bad argument)."""
+
+    async def start(self) -> None:
+        """Get ready for events; a configuration problem raises here."""
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Deliver what was recorded so far; True when all of it arrived within ``timeout``."""
+        return True
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Deliver what it can within ``timeout``, then release what it holds."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +91,71 @@ class WriterStats(LedgerSnapshot):
     consecutive_failures: int = 0
     internal_errors: int = 0
     running: bool = False
+
+
+class LoopThread:
+    """An event loop running on a daemon thread of its own, for callers that have no loop.
+
+    A thread-mode writer runs on one; the service keeps one for the synchronous lifecycle of
+    its providers. :meth:`call` blocks the calling thread while a coroutine runs there.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        # A fork copies the object but not the thread: the child must make its own.
+        self._pid = os.getpid()
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
+        loop = self.loop
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the loop runs (or is about to) in this process."""
+        return self._pid == os.getpid() and self._thread.is_alive() and not self.loop.is_closed()
+
+    def here(self) -> bool:
+        """Whether the caller runs on this thread (where blocking on the loop would deadlock)."""
+        return self._thread is threading.current_thread()
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the loop and wait for its result (``TimeoutError`` after ``timeout``;
+        the coroutine then carries on there)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the loop once what is running yields, and wait for the thread (not from it)."""
+        with contextlib.suppress(RuntimeError):  # the loop is already closed
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        if not self.here() and self._pid == os.getpid():
+            self._thread.join(timeout)
+
+
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running on this thread, if any."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+# The WriterStats fields the flusher's own counters fill: all but the ledger's and running.
+_FLUSHER_FIELDS: Final = tuple(
+    f
+    for f in fields(WriterStats)
+    if f.name not in {"running", *(g.name for g in fields(LedgerSnapshot))}
+)
+
+
+def _same_named(wanted: Iterable[Field[Any]], source: object) -> dict[str, Any]:
+    """The values of ``source``'s attributes named like the ``wanted`` dataclass fields."""
+    return {f.name: getattr(source, f.name) for f in wanted}
 
 
 # Writers alive in this process, for the fork and exit hooks.
@@ -109,24 +189,12 @@ class PostgresProvider:
         cfg = self.config
         self._sink: Sink = self._custom_sink or PostgresSink(cfg)
         self._buffer = Buffer(max_rows=cfg.max_buffer_rows, batch_rows=cfg.max_batch_rows)
-        self._flusher = Flusher(
-            self._buffer,
-            self._sink,
-            FlusherSettings(
-                flush_interval=cfg.flush_interval,
-                max_batch_rows=cfg.max_batch_rows,
-                open_row_grace=cfg.open_row_grace,
-                retry_initial_backoff=cfg.retry_initial_backoff,
-                retry_max_backoff=cfg.retry_max_backoff,
-                partition_check_interval=cfg.partition_check_interval,
-                provider_name=cfg.provider_name,
-                dead_letter_max_chars=cfg.dead_letter_max_chars,
-            ),
-        )
+        # Every flusher setting is the configuration's setting of the same name.
+        settings = FlusherSettings(**_same_named(fields(FlusherSettings), cfg))
+        self._flusher = Flusher(self._buffer, self._sink, settings)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
-        self._thread: threading.Thread | None = None
-        self._thread_exit: asyncio.Future[None] | None = None
+        self._thread: LoopThread | None = None
         self._started = False
         self._pid = os.getpid()
 
@@ -138,7 +206,7 @@ class PostgresProvider:
 
     # --- the hot path -------------------------------------------------------------------------
 
-    def record(self, event: Event) -> None:
+    def record(self, event: EventTuple) -> None:
         """Buffer one event: a locked append, no I/O; a full buffer drops and counts it."""
         self._buffer.put(event)
 
@@ -150,64 +218,48 @@ class PostgresProvider:
 
     @property
     def started(self) -> bool:
-        """Whether the writer is running."""
+        """Whether the writer has started and not closed."""
         return self._started
 
     async def start(self) -> None:
         """Connect, check the schema and start flushing; configuration errors raise here."""
-        if self._closed:
-            raise WriterClosedError("this writer has been closed")
-        if self._started:
+        if self._refuse_start():
             return
         if self.config.thread_mode:
+            # The writer gets its own thread and loop; waiting for it must not block this one.
             await asyncio.to_thread(self.start_sync)
+        else:
+            await self._run_here("loop")
+
+    def start_sync(self, timeout: float | None = None) -> None:
+        """Start on a thread and loop of the writer's own, from code without an event loop;
+        returns once connected."""
+        if self._refuse_start():
             return
+        thread = LoopThread("tracewriter-writer")
+        limit = self.config.connect_timeout + 5 if timeout is None else timeout
+        try:
+            thread.call(self._run_here("thread"), limit)
+        except BaseException:
+            thread.stop()
+            raise
+        self._thread = thread
+
+    def _refuse_start(self) -> bool:
+        """Raise if closed; True if there is nothing to do (already started)."""
+        if self._closed:
+            raise WriterClosedError("this writer has been closed")
+        return self._started
+
+    async def _run_here(self, mode: str) -> None:
+        """On the loop that becomes the writer's: connect, then run the flusher as its task."""
         await self._sink.open()
         loop = asyncio.get_running_loop()
         self._attach(loop)
         self._task = loop.create_task(self._flusher.run(), name="tracewriter-flusher")
         self._task.add_done_callback(self._on_task_done)
         self._started = True
-        _log.info("writer_started", mode="loop", dsn=redact_dsn(self.config.dsn))
-
-    def start_sync(self, timeout: float | None = None) -> None:
-        """Start in thread mode without an event loop; returns once connected."""
-        if self._closed:
-            raise WriterClosedError("this writer has been closed")
-        if self._started:
-            return
-        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._thread = threading.Thread(
-            target=self._thread_main, args=(ready,), name="tracewriter-writer", daemon=True
-        )
-        self._thread.start()
-        ready.result(timeout=timeout if timeout is not None else self.config.connect_timeout + 5)
-        self._started = True
-        _log.info("writer_started", mode="thread", dsn=redact_dsn(self.config.dsn))
-
-    def _thread_main(self, ready: concurrent.futures.Future[None]) -> None:
-        loop = asyncio.new_event_loop()
-        try:
-            loop.run_until_complete(self._thread_body(loop, ready))
-        finally:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-
-    async def _thread_body(
-        self, loop: asyncio.AbstractEventLoop, ready: concurrent.futures.Future[None]
-    ) -> None:
-        try:
-            await self._sink.open()
-        except BaseException as exc:
-            ready.set_exception(exc)
-            return
-        self._attach(loop)
-        self._task = loop.create_task(self._flusher.run(), name="tracewriter-flusher")
-        self._task.add_done_callback(self._on_task_done)
-        # The loop must outlive the flusher task: close() still drains on it afterwards.
-        self._thread_exit = loop.create_future()
-        ready.set_result(None)
-        await self._thread_exit
+        _log.info("writer_started", mode=mode, dsn=redact_dsn(self.config.dsn))
 
     def _attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -224,7 +276,7 @@ class PostgresProvider:
             return
         exc = task.exception()
         if exc is not None:
-            self._flusher.stats.internal_errors += 1
+            self._flusher.note_task_died()
             _log.error("flusher_task_died", error=repr(exc))
 
     async def flush(self, timeout: float | None = None) -> bool:
@@ -235,73 +287,85 @@ class PostgresProvider:
         return await self._on_writer_loop(self._flusher.drain(limit))
 
     def flush_sync(self, timeout: float | None = None) -> bool:
-        """:meth:`flush` for thread mode, from code without an event loop."""
-        if not self._started or self._closed or self._loop is None:
-            return False
+        """:meth:`flush` from code without a running event loop (thread mode)."""
         limit = self.config.command_timeout if timeout is None else timeout
-        future = asyncio.run_coroutine_threadsafe(self._flusher.drain(limit), self._loop)
-        return future.result(timeout=limit + 5)
+        if self.sync_call_would_deadlock("flush_sync"):
+            return False
+        return self._blocking(self.flush(limit), limit + 5)
 
     async def close(self, timeout: float | None = None) -> None:
         """Flush what is buffered within ``timeout``, then close; leftovers count as dropped."""
         if self._closed:
             return
         limit = self.config.close_timeout if timeout is None else timeout
-        loop = self._loop
+        deadline = time.monotonic() + limit
         if not self._started:
             self._drop_unstarted()
-        elif loop is not None and loop.is_running():
-            await self._on_writer_loop(self._shutdown(limit))
-        else:  # started on a loop that has since ended: finish on this one
-            await self._shutdown_on_new_loop(limit)
+        elif await self._ensure_writer_loop(limit):
+            await self._on_writer_loop(self._shutdown(max(deadline - time.monotonic(), 0)))
         self._finish_close()
 
     def close_sync(self, timeout: float | None = None) -> None:
         """:meth:`close` from code without a running event loop (thread mode, or at exit)."""
-        if self._closed:
+        if self._closed or self.sync_call_would_deadlock("close_sync"):
             return
         limit = self.config.close_timeout if timeout is None else timeout
-        loop = self._loop
-        if not self._started:
-            self._drop_unstarted()
-        elif loop is not None and loop.is_running():
-            if self._thread is None or self._thread is threading.current_thread():
-                # Blocking here would deadlock the loop that has to do the work.
-                _log.warning("close_sync_on_running_loop", hint="await close() instead")
-                return
-            future = asyncio.run_coroutine_threadsafe(self._shutdown(limit), loop)
-            try:
-                future.result(timeout=limit + 5)
-            except Exception as exc:
-                _log.warning("writer_close_failed", error=repr(exc), timeout=limit)
-        else:
-            try:
-                with asyncio.Runner() as runner:
-                    _resolve_inline(runner.get_loop())
-                    runner.run(self._shutdown_on_new_loop(limit))
-            except Exception as exc:
-                _log.warning("exit_flush_failed", error=repr(exc))
+        try:
+            self._blocking(self.close(limit), limit + 5)
+        except Exception as exc:
+            _log.warning("writer_close_failed", error=repr(exc), timeout=limit)
+            loop = self._loop
+            if loop is None or not loop.is_running():  # nothing is closing it any more
                 self._flusher.abandon()
-        self._finish_close()
+            self._finish_close()
+        if self._thread is not None:
+            self._thread.stop()
 
-    def _finish_close(self) -> None:
-        self._closed = True
-        self._started = False
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
-        stats = self.stats()
-        _log.info(
-            "writer_closed",
-            written=stats.written,
-            dropped_overflow=stats.dropped_overflow,
-            dropped_at_close=stats.dropped_at_close,
-            dead_lettered=stats.dead_lettered,
-        )
+    def sync_call_would_deadlock(self, call: str) -> bool:
+        """Whether this thread runs the writer's loop, which a blocking ``call`` would freeze
+        (logged as ``sync_call_on_running_loop``)."""
+        loop = self._loop
+        if loop is None or running_loop() is not loop:
+            return False
+        _log.warning("sync_call_on_running_loop", call=call, hint="await the async method instead")
+        return True
 
-    def _drop_unstarted(self) -> None:
-        dropped = self._flusher.abandon()
-        if dropped:
-            _log.warning("writer_closed_unstarted", dropped=dropped)
+    def _blocking(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+        """Run one lifecycle step from code without a running loop: on the writer's loop while
+        it runs (on its own thread), else on a fresh loop here (the writer's loop has ended)."""
+        loop = self._loop
+        if loop is not None and loop.is_running():
+            return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
+        with asyncio.Runner() as runner:
+            _resolve_inline(runner.get_loop())
+            return runner.run(coro)
+
+    async def _on_writer_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        loop = self._loop
+        if loop is None or loop is asyncio.get_running_loop():
+            return await coro
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        return await asyncio.wrap_future(future)
+
+    async def _ensure_writer_loop(self, timeout: float) -> bool:
+        """Make sure the writer's loop runs; if it has ended, make this loop the writer's.
+
+        After an exit that follows ``asyncio.run``, say, the pool belongs to the dead loop, so a
+        fresh one is opened here for the final flush. False (everything dropped) if it cannot.
+        """
+        loop = self._loop
+        if loop is not None and loop.is_running():
+            return True
+        self._flusher.rebind()
+        self._attach(asyncio.get_running_loop())
+        _INHERITED.append(self._sink.forget())
+        try:
+            await asyncio.wait_for(self._sink.open(), timeout=timeout)
+        except Exception as exc:
+            _log.warning("exit_flush_failed", error=repr(exc))
+            self._flusher.abandon()
+            return False
+        return True
 
     async def _shutdown(self, timeout: float) -> None:
         """On the writer's loop: stop the timer, drain within ``timeout``, close the sink.
@@ -322,60 +386,47 @@ class PostgresProvider:
         if dropped or not drained:
             _log.warning("close_dropped_events", dropped=dropped, timeout=timeout)
         await self._sink.close(max(deadline - time.monotonic(), 0.1))
-        if self._thread_exit is not None and not self._thread_exit.done():
-            self._thread_exit.set_result(None)
 
-    async def _shutdown_on_new_loop(self, timeout: float) -> None:
-        """The writer's loop is gone (say, exit after ``asyncio.run``): finish on this loop.
+    def _finish_close(self) -> None:
+        if self._closed:  # close_sync gave up waiting, and the close it started has finished
+            return
+        self._closed = True
+        self._started = False
+        if self._thread is not None and not self._thread.here():
+            self._thread.stop()
+        stats = self.stats()
+        _log.info(
+            "writer_closed",
+            written=stats.written,
+            dropped_overflow=stats.dropped_overflow,
+            dropped_at_close=stats.dropped_at_close,
+            dead_lettered=stats.dead_lettered,
+        )
 
-        The old pool belongs to the dead loop, so a fresh one is opened for the final flush.
-        """
-        deadline = time.monotonic() + timeout
-        self._flusher.rebind()
-        if isinstance(self._sink, PostgresSink):
-            _INHERITED.append(self._sink.forget())
-            try:
-                await asyncio.wait_for(self._sink.open(), timeout=timeout)
-            except Exception as exc:
-                _log.warning("exit_flush_failed", error=repr(exc))
-                self._flusher.abandon()
-                return
-        await self._shutdown(max(deadline - time.monotonic(), 0))
-
-    async def _on_writer_loop(self, coro: Coroutine[Any, Any, T]) -> T:
-        loop = self._loop
-        if loop is None or loop is asyncio.get_running_loop():
-            return await coro
-        future = asyncio.run_coroutine_threadsafe(coro, loop)
-        return await asyncio.wrap_future(future)
+    def _drop_unstarted(self) -> None:
+        dropped = self._flusher.abandon()
+        if dropped:
+            _log.warning("writer_closed_unstarted", dropped=dropped)
 
     # --- observation --------------------------------------------------------------------------
 
     def stats(self) -> WriterStats:
         """Counters now; the accounting identity holds for every snapshot."""
-        ledger = self._buffer.snapshot()
-        f = self._flusher.stats
+        flusher = _same_named(_FLUSHER_FIELDS, self._flusher.stats())
         return WriterStats(
-            **{name: getattr(ledger, name) for name in LedgerSnapshot.__dataclass_fields__},
-            retries=f.retries,
-            flushes=f.flushes,
-            rows_written=dict(f.rows_written),
-            end_upserts=f.end_upserts,
-            held_open=f.held_open,
-            last_flush_duration=f.last_flush_duration,
-            last_flush_at=f.last_flush_at,
-            last_error=f.last_error,
-            consecutive_failures=f.consecutive_failures,
-            internal_errors=f.internal_errors,
-            running=self._started,
+            **_same_named(fields(LedgerSnapshot), self._buffer.snapshot()),
+            **flusher,
+            # A flusher task that died (a bug, a BaseException) is not running, started or not.
+            running=self._started and self._task is not None and not self._task.done(),
         )
 
     # --- process events -----------------------------------------------------------------------
 
     def _after_fork_in_child(self) -> None:
-        _INHERITED.append((self._sink, self._buffer, self._flusher, self._task, self._loop))
-        if isinstance(self._sink, PostgresSink):
-            _INHERITED.append(self._sink.forget())
+        _INHERITED.append(
+            (self._sink, self._buffer, self._flusher, self._task, self._loop, self._thread)
+        )
+        _INHERITED.append(self._sink.forget())
         self._build_parts()
         if self._closed:
             self._buffer.close()

@@ -12,7 +12,7 @@ import datetime as _dt
 import math
 from collections.abc import Iterable
 from math import frexp
-from typing import Final
+from typing import Any, Final
 
 from tracewriter import _schema as schema
 from tracewriter._ids import random_uuid7_hex
@@ -23,9 +23,15 @@ __all__ = ["Rollup", "histogram_bucket"]
 _LAST_BUCKET: Final = schema.HISTOGRAM_BUCKETS - 1
 _HALF_SQRT2: Final = math.sqrt(2.0) / 2.0
 
-# (minute, span_type, model, kb_id, status): one per row, shared by the metrics it yields.
-Dims = tuple[_dt.datetime, str, str, str, str]
-Key = tuple[str, Dims]
+# (minute, span_type, model, kb_id, status): built once per row, shared by the metrics it yields.
+# The minute is an int (minutes since 0001-01-01, UTC) read from the row's datetime with three
+# attribute reads: datetime.replace() costs several times more, once per row.
+Dims = tuple[int, str, str, str, str]
+# count, sum, min, max, then the histogram's buckets: one flat list per cell.
+Cell = list[Any]
+_HIST_AT: Final = 4
+_DAY_ZERO: Final = _dt.datetime(1, 1, 1, tzinfo=_dt.UTC)
+_ONE_MINUTE: Final = _dt.timedelta(minutes=1)
 
 
 def histogram_bucket(value: float) -> int:
@@ -36,6 +42,30 @@ def histogram_bucket(value: float) -> int:
     mantissa, exp = frexp(value)
     bucket = 2 * exp - 1 if mantissa < _HALF_SQRT2 else 2 * exp
     return bucket if bucket < _LAST_BUCKET else _LAST_BUCKET
+
+
+def _observe(cells: dict[Dims, Cell], dims: Dims, value: float) -> None:
+    # histogram_bucket inlined: this runs for every metric of every row written.
+    if value >= 1.0:
+        mantissa, exp = frexp(value)
+        bucket = 2 * exp - 1 if mantissa < _HALF_SQRT2 else 2 * exp
+        if bucket > _LAST_BUCKET:  # noqa: PLR1730 - min() is a call; this runs per metric per row
+            bucket = _LAST_BUCKET
+    else:
+        bucket = 0
+    cell = cells.get(dims)
+    if cell is None:
+        cell = cells[dims] = [0, 0, value, value, *_EMPTY_HISTOGRAM]
+    cell[0] += 1
+    cell[1] += value
+    if value < cell[2]:
+        cell[2] = value
+    elif value > cell[3]:
+        cell[3] = value
+    cell[_HIST_AT + bucket] += 1
+
+
+_EMPTY_HISTOGRAM: Final = (0,) * schema.HISTOGRAM_BUCKETS
 
 
 def _col(table_columns: tuple[str, ...], name: str) -> int:
@@ -62,52 +92,30 @@ _C_TS, _C_ROLE, _C_KB, _C_TOKENS = (
 )
 
 
-def _minute(ts: _dt.datetime) -> _dt.datetime:
-    return ts.replace(second=0, microsecond=0)
+def _minute(ts: _dt.datetime) -> int:
+    return ts.toordinal() * 1440 + ts.hour * 60 + ts.minute
 
 
-class _Cell:
-    __slots__ = ("count", "high", "hist", "low", "total")
-
-    def __init__(self, value: float) -> None:
-        self.count = 1
-        self.total = value
-        self.low = value
-        self.high = value
-        self.hist = [0] * schema.HISTOGRAM_BUCKETS
-        self.hist[histogram_bucket(value)] = 1
-
-    def add(self, value: float) -> None:
-        self.count += 1
-        self.total += value
-        self.low = min(self.low, value)
-        self.high = max(self.high, value)
-        self.hist[histogram_bucket(value)] += 1
-
-    def copy(self) -> _Cell:
-        twin = _Cell.__new__(_Cell)
-        twin.count, twin.total, twin.low, twin.high = self.count, self.total, self.low, self.high
-        twin.hist = list(self.hist)
-        return twin
-
-    def merge(self, other: _Cell) -> None:
-        self.count += other.count
-        self.total += other.total
-        self.low = min(self.low, other.low)
-        self.high = max(self.high, other.high)
-        self.hist = [a + b for a, b in zip(self.hist, other.hist, strict=True)]
+def _minute_start(minute: int) -> _dt.datetime:
+    return _DAY_ZERO + (minute - 1440) * _ONE_MINUTE
 
 
 class Rollup:
     """count, sum, min, max and histogram per minute, metric, span_type, model, kb_id, status."""
 
-    __slots__ = ("_cells",)
+    __slots__ = ("_metrics",)
 
     def __init__(self) -> None:
-        self._cells: dict[Key, _Cell] = {}
+        self._metrics: dict[str, dict[Dims, Cell]] = {}
 
     def __len__(self) -> int:
-        return len(self._cells)
+        return sum(len(cells) for cells in self._metrics.values())
+
+    def _cells(self, metric: str) -> dict[Dims, Cell]:
+        cells = self._metrics.get(metric)
+        if cells is None:
+            cells = self._metrics[metric] = {}
+        return cells
 
     def add(
         self,
@@ -120,83 +128,79 @@ class Rollup:
         kb_id: str | None = None,
         status: str | None = None,
     ) -> None:
-        """Add one observation of ``metric`` at time ``ts``."""
+        """Add one observation of ``metric`` at time ``ts`` (a UTC datetime)."""
         dims = (_minute(ts), span_type or "", model or "", kb_id or "", status or "")
-        self._observe(metric, dims, value)
-
-    def _observe(self, metric: str, dims: Dims, value: float) -> None:
-        key = (metric, dims)
-        cell = self._cells.get(key)
-        if cell is None:
-            self._cells[key] = _Cell(value)
-        else:
-            cell.add(value)
+        _observe(self._cells(metric), dims, value)
 
     def add_rows(self, table: str, rows: Iterable[Row]) -> None:
-        """Add the metrics of rows written to ``table`` (open rows carry none yet)."""
-        observe = self._observe
+        """Add the metrics of rows written to ``table`` (open rows carry none yet), in one pass."""
+        observe = _observe
         if table == schema.SPANS:
+            durations = self._cells("span.duration_ms")
+            inputs = self._cells("llm.input_tokens")
+            outputs = self._cells("llm.output_tokens")
             for r in rows:
                 status, duration = r[_S_STATUS], r[_S_DUR]
                 if status == "open" or duration is None:
                     continue
+                ts = r[_S_TS]
                 dims = (
-                    _minute(r[_S_TS]),
+                    ts.toordinal() * 1440 + ts.hour * 60 + ts.minute,
                     r[_S_TYPE] or "",
                     r[_S_MODEL] or "",
                     r[_S_KB] or "",
                     status,
                 )
-                observe("span.duration_ms", dims, duration)
-                if r[_S_IN] is not None:
-                    observe("llm.input_tokens", dims, r[_S_IN])
-                if r[_S_OUT] is not None:
-                    observe("llm.output_tokens", dims, r[_S_OUT])
+                observe(durations, dims, duration)
+                tokens = r[_S_IN]
+                if tokens is not None:
+                    observe(inputs, dims, tokens)
+                tokens = r[_S_OUT]
+                if tokens is not None:
+                    observe(outputs, dims, tokens)
         elif table == schema.TRACES:
+            durations = self._cells("trace.duration_ms")
             for r in rows:
                 status, duration = r[_T_STATUS], r[_T_DUR]
                 if status == "open" or duration is None:
                     continue
-                observe(
-                    "trace.duration_ms",
-                    (_minute(r[_T_TS]), "", "", r[_T_KB] or "", status),
-                    duration,
-                )
+                dims = (_minute(r[_T_TS]), "", "", r[_T_KB] or "", status)
+                observe(durations, dims, duration)
         elif table == schema.DOCUMENT_EVENTS:
+            durations = self._cells("document.duration_ms")
             for r in rows:
                 if r[_D_DUR] is not None:
                     dims = (_minute(r[_D_TS]), r[_D_TYPE] or "", "", r[_D_KB] or "", r[_D_STATUS])
-                    observe("document.duration_ms", dims, r[_D_DUR])
+                    observe(durations, dims, r[_D_DUR])
         elif table == schema.CHAT_MESSAGES:
+            tokens_cells = self._cells("chat.tokens")
             for r in rows:
                 dims = (_minute(r[_C_TS]), r[_C_ROLE] or "", "", r[_C_KB] or "", "")
-                observe("chat.tokens", dims, float(r[_C_TOKENS] or 0))
-
-    def merge(self, other: Rollup) -> None:
-        """Fold ``other`` into this roll-up (used when a failed upsert is retried with more)."""
-        for key, theirs in other._cells.items():
-            mine = self._cells.get(key)
-            if mine is None:
-                self._cells[key] = theirs.copy()
-            else:
-                mine.merge(theirs)
+                observe(tokens_cells, dims, float(r[_C_TOKENS] or 0))
 
     def rows(self) -> list[Row]:
         """The roll-up as rows in :data:`tracewriter._schema.METRIC_COLUMNS` order."""
-        return [
-            (
-                random_uuid7_hex(int(ts.timestamp() * 1000)),
-                ts,
-                metric,
-                span_type,
-                model,
-                kb_id,
-                status,
-                cell.count,
-                float(cell.total),
-                float(cell.low),
-                float(cell.high),
-                list(cell.hist),
-            )
-            for (metric, (ts, span_type, model, kb_id, status)), cell in self._cells.items()
-        ]
+        out: list[Row] = []
+        starts: dict[int, _dt.datetime] = {}
+        for metric, cells in self._metrics.items():
+            for (minute, span_type, model, kb_id, status), cell in cells.items():
+                ts = starts.get(minute)
+                if ts is None:
+                    ts = starts[minute] = _minute_start(minute)
+                out.append(
+                    (
+                        random_uuid7_hex(int(ts.timestamp() * 1000)),
+                        ts,
+                        metric,
+                        span_type,
+                        model,
+                        kb_id,
+                        status,
+                        cell[0],
+                        float(cell[1]),
+                        float(cell[2]),
+                        float(cell[3]),
+                        cell[_HIST_AT:],
+                    )
+                )
+        return out

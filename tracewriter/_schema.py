@@ -114,4 +114,17 @@ UPSERTABLE: Final = (TRACES, SPANS)
 # Columns an end-upsert overwrites on an existing row (the start's name/ids are kept).
 END_UPDATE_COLUMNS: Final = ("status", "duration_ms", "error_type", "error_message")
 
+# Columns an end-upsert fills in only where the end knows them (a span handle's model and
+# tokens, known when a stream finishes): an end that does not must not erase the start's.
+END_FILL_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
+    SPANS: (
+        "model",
+        "provider",
+        "input_tokens",
+        "output_tokens",
+        "cached_input_tokens",
+        "reasoning_tokens",
+    ),
+}
+
 HISTOGRAM_BUCKETS: Final = 40

@@ -2,7 +2,8 @@
 
 Owns the recording calls (``start_trace``, ``end_trace``, ``span``, ``log_*``), configuration
 and the lifecycle of the providers it fans out to. Every recording call is plain (not async),
-builds one :class:`~tracewriter._records.Event` and hands it to each provider, each call guarded:
+builds one event — a plain tuple laid out as :class:`~tracewriter._records.Event` — and hands
+it to each provider, each call guarded:
 nothing here raises into the application, and nothing waits on I/O. Exceptions raised by the
 application's own code inside ``span()`` propagate unchanged.
 """
@@ -12,11 +13,10 @@ from __future__ import annotations
 import datetime as _dt
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
-from functools import partial
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from time import monotonic, time_ns
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from tracewriter._config import WriterConfig, redact_dsn, redact_text
 from tracewriter._context import (
@@ -24,17 +24,28 @@ from tracewriter._context import (
     current_context,
     make_context,
     reset_context,
-    use_context,
+    tracewriter_current_context,
 )
-from tracewriter._ids import new_span_id
+from tracewriter._handles import Facts, SpanHandle, end_event, merge_facts
+from tracewriter._ids import new_span_id, new_trace_id
 from tracewriter._logging import RateLimitedLog, get_logger
-from tracewriter._provider import PostgresProvider, Provider, WriterStats
-from tracewriter._records import Event, EventKind, clean_text, timestamp_from_ns
+from tracewriter._provider import LoopThread, PostgresProvider, Provider, WriterStats
+from tracewriter._records import (
+    EventKind,
+    EventTuple,
+    clean_text,
+    snapshot_metadata,
+)
 from tracewriter.errors import ConfigurationError
 
 __all__ = ["ObservabilityService", "get_instance", "reset_instance"]
 
 _log = get_logger("service")
+_T = TypeVar("_T")
+_set_current: Final = tracewriter_current_context.set
+_reset_current: Final = tracewriter_current_context.reset
+_fromtimestamp: Final = _dt.datetime.fromtimestamp
+_UTC: Final = _dt.UTC
 _EPOCH: Final = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
 _MICROSECOND: Final = _dt.timedelta(microseconds=1)
 
@@ -45,16 +56,6 @@ _SPAN_END: Final = EventKind.SPAN_END
 _SPAN: Final = EventKind.SPAN
 _CHAT: Final = EventKind.CHAT
 _DOCUMENT: Final = EventKind.DOCUMENT
-
-
-# Builds an Event from a ready tuple in one C call, skipping NamedTuple's Python-level __new__
-# (about 0.3 µs of each recording call).
-_event: Final = partial(tuple.__new__, Event)
-
-
-def _snapshot(metadata: Any) -> Any:
-    # A shallow copy, so the caller mutating its dict after the call does not change the event.
-    return dict(metadata) if type(metadata) is dict else metadata
 
 
 def _ns_of(timestamp: _dt.datetime | None) -> int:
@@ -70,6 +71,7 @@ class _SpanScope:
 
     __slots__ = (
         "_child",
+        "_facts",
         "_meta",
         "_mono",
         "_name",
@@ -97,6 +99,36 @@ class _SpanScope:
         self._token: Any = None
         self._start_ns = 0
         self._mono = 0.0
+        self._facts: Facts | None = None
+
+    def set(
+        self,
+        *,
+        status: str | None = None,
+        error: BaseException | str | None = None,
+        model: str | None = None,
+        provider: str | None = None,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        cached_input_tokens: int | None = None,
+        reasoning_tokens: int | None = None,
+        metadata: Any = None,
+    ) -> None:
+        """Facts the span ends with, known only inside the block (a streamed call's usage).
+
+        The keywords of :meth:`SpanHandle.end`; recorded when the block exits. A later call's
+        arguments replace an earlier one's, except those it leaves None. If the block raises,
+        the status and error are the exception's; the model, tokens and metadata are kept.
+        Never raises.
+        """
+        try:
+            facts = (status, error, model, provider, input_tokens, output_tokens,
+                     cached_input_tokens, reasoning_tokens,
+                     None if metadata is None else snapshot_metadata(metadata))  # fmt: skip
+            earlier = self._facts  # usually None: set() once, when the stream's usage arrives
+            self._facts = facts if earlier is None else merge_facts(earlier, facts)
+        except Exception as exc:
+            self._svc._internal_error("span_set", exc)
 
     def __enter__(self) -> str:
         try:
@@ -110,18 +142,18 @@ class _SpanScope:
                 parent.user_id,
                 parent.session_id,
                 parent.kb_id,
-                timestamp_from_ns(self._start_ns),
+                _fromtimestamp(self._start_ns / 1e9, _UTC),  # time_ns() is always in range
                 self._mono,
             )
             self._child = child
+            meta = self._meta
             self._svc._emit(
-                _event(
-                    (_SPAN_START, self._start_ns, None, child.trace_id, child.span_id,
-                    child.parent_span_id, self._name, self._type, None, None, None, None,
-                    child.user_id, child.session_id, child.kb_id, _snapshot(self._meta), None,
-                ))
+                (_SPAN_START, self._start_ns, None, child.trace_id, child.span_id,
+                child.parent_span_id, self._name, self._type, None, None, None, None,
+                child.user_id, child.session_id, child.kb_id,
+                None if meta is None else snapshot_metadata(meta), None)
             )  # fmt: skip
-            self._token = use_context(child)
+            self._token = _set_current(child)
             return child.span_id
         except Exception as exc:
             self._svc._internal_error("span_enter", exc)
@@ -135,25 +167,32 @@ class _SpanScope:
     ) -> None:
         try:
             child = self._child
-            if child is not None:
+            if child is not None and self._facts is not None:
+                self._svc._emit(
+                    end_event(child, self._start_ns, self._mono, self._name, self._type,
+                              self._facts, exc_type, exc)
+                )  # fmt: skip
+            elif child is not None:
                 duration = (monotonic() - self._mono) * 1000.0
                 failed = exc_type is not None
                 self._svc._emit(
-                    _event(
-                        (_SPAN_END, self._start_ns, time_ns(), child.trace_id, child.span_id,
-                        child.parent_span_id, self._name, self._type,
-                        "error" if failed else "ok", duration,
-                        exc_type.__qualname__ if exc_type is not None else None,
-                        str(exc) if failed else None,
-                        child.user_id, child.session_id, child.kb_id, None, None,
-                    ))
+                    (_SPAN_END, self._start_ns, time_ns(), child.trace_id, child.span_id,
+                    child.parent_span_id, self._name, self._type,
+                    "error" if failed else "ok", duration,
+                    exc_type.__qualname__ if exc_type is not None else None,
+                    str(exc) if failed else None,
+                    child.user_id, child.session_id, child.kb_id, None, None)
                 )  # fmt: skip
         except Exception as err:  # str(exc) of a hostile exception, say
             self._svc._internal_error("span_exit", err)
         finally:
-            if self._token is not None:
-                reset_context(self._token)  # never raises, even from another context
+            token = self._token
+            if token is not None:
                 self._token = None
+                try:
+                    _reset_current(token)
+                except (ValueError, RuntimeError):  # another context, or used: the slow way
+                    reset_context(token)  # never raises
         # Returning None lets the application's exception propagate unchanged.
 
     async def __aenter__(self) -> str:
@@ -179,7 +218,8 @@ class ObservabilityService:
     :class:`~tracewriter.errors.ConfigurationError` here, naming the setting.
 
     Use ``await start()`` / ``await close()`` or ``async with``; in ``thread_mode`` also
-    ``start_sync()`` / ``close_sync()`` or plain ``with``, from code with no event loop.
+    ``start_sync()`` / ``close_sync()`` or plain ``with``, from code with no event loop. Either
+    way every provider is started, flushed and closed.
     """
 
     def __init__(
@@ -201,14 +241,18 @@ class ObservabilityService:
         )
         chain: list[Provider] = [self.postgres] if self.postgres is not None else []
         for provider in providers:
-            if not callable(getattr(provider, "record", None)):
-                raise ConfigurationError(f"providers: {provider!r} has no record(event) method")
+            if not isinstance(provider, Provider):
+                raise ConfigurationError(
+                    f"providers: {provider!r} is not a tracewriter.Provider (subclass it for "
+                    "the lifecycle defaults, or define name, record, reject, start, flush and "
+                    "close)"
+                )
             chain.append(provider)
         self._providers: tuple[Provider, ...] = tuple(chain)
         # With PostgreSQL the only provider (the usual case) events go straight to it: no loop,
         # no per-provider guard (its record() is a locked append; the recording method's own
         # guard still catches anything). Otherwise each provider is called, each guarded.
-        self._emit: Callable[[Event], None] = (
+        self._emit: Callable[[EventTuple], None] = (
             self.postgres.record
             if self.postgres is not None and len(chain) == 1
             else self._emit_all
@@ -216,17 +260,21 @@ class ObservabilityService:
         self.provider_failures: Counter[str] = Counter()
         self._failure_logs: dict[str, RateLimitedLog] = {}
         self.internal_errors = 0
+        self.duplicate_span_ends = 0  # SpanHandle.end called again: ignored, counted here
         self.rejected = 0
         self._rejected_log = RateLimitedLog(_log, "event_rejected")
         self._internal_log = RateLimitedLog(_log, "recording_failed", level="error")
+        # Where the synchronous lifecycle runs the providers' coroutines: one loop for all
+        # three calls, so what a provider binds to its loop in start() still works in close().
+        self._sync_loop: LoopThread | None = None
 
     def __repr__(self) -> str:
-        names = [getattr(p, "name", type(p).__name__) for p in self._providers]
+        names = [p.name for p in self._providers]
         return f"ObservabilityService(dsn={redact_dsn(self.config.dsn)!r}, providers={names})"
 
     # --- fan-out ------------------------------------------------------------------------------
 
-    def _emit_all(self, event: Event) -> None:
+    def _emit_all(self, event: EventTuple) -> None:
         for provider in self._providers:
             try:
                 provider.record(event)
@@ -234,7 +282,7 @@ class ObservabilityService:
                 self._provider_failed(provider, exc)
 
     def _provider_failed(self, provider: Provider, exc: BaseException) -> None:
-        name = str(getattr(provider, "name", type(provider).__name__))
+        name = str(provider.name)
         self.provider_failures[name] += 1
         log = self._failure_logs.get(name)
         if log is None:
@@ -252,12 +300,10 @@ class ObservabilityService:
     def _reject(self, reason: str, **context: Any) -> None:
         self.rejected += 1
         for provider in self._providers:
-            reject = getattr(provider, "reject", None)
-            if reject is not None:
-                try:
-                    reject()
-                except Exception as exc:
-                    self._provider_failed(provider, exc)
+            try:
+                provider.reject()
+            except Exception as exc:
+                self._provider_failed(provider, exc)
         self._rejected_log.hit(reason=reason, **context)
 
     # --- recording: plain methods, never raise, never wait ----------------------------------
@@ -275,11 +321,9 @@ class ObservabilityService:
         try:
             ctx = TraceContext.new_root(user_id=user_id, session_id=session_id, kb_id=kb_id)
             self._emit(
-                _event(
-                    (_TRACE_START, _ns_of(ctx.timestamp), None, ctx.trace_id, ctx.span_id, None,
-                    name, None, None, None, None, None, user_id, session_id, kb_id,
-                    _snapshot(metadata), None,
-                ))
+                (_TRACE_START, _ns_of(ctx.timestamp), None, ctx.trace_id, ctx.span_id, None,
+                name, None, None, None, None, None, user_id, session_id, kb_id,
+                None if metadata is None else snapshot_metadata(metadata), None)
             )  # fmt: skip
             return ctx
         except Exception as exc:
@@ -300,11 +344,10 @@ class ObservabilityService:
             if duration_ms is None and ctx.start_monotonic is not None:
                 duration_ms = (monotonic() - ctx.start_monotonic) * 1000.0
             self._emit(
-                _event(
-                    (_TRACE_END, _ns_of(ctx.timestamp), time_ns(), ctx.trace_id, ctx.span_id,
-                    None, None, None, status, duration_ms, None, error_message,
-                    ctx.user_id, ctx.session_id, ctx.kb_id, _snapshot(metadata), None,
-                ))
+                (_TRACE_END, _ns_of(ctx.timestamp), time_ns(), ctx.trace_id, ctx.span_id,
+                None, None, None, status, duration_ms, None, error_message,
+                ctx.user_id, ctx.session_id, ctx.kb_id,
+                None if metadata is None else snapshot_metadata(metadata), None)
             )  # fmt: skip
         except Exception as exc:
             self._internal_error("end_trace", exc)
@@ -323,6 +366,46 @@ class ObservabilityService:
         exception's type and message, and the exception propagates unchanged.
         """
         return _SpanScope(self, ctx, name, span_type, metadata)
+
+    def start_span(
+        self,
+        ctx: TraceContext | None,
+        name: str,
+        span_type: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> SpanHandle:
+        """Start a child span of ``ctx`` (or of the current context) that ends when told.
+
+        For spans that outlive a block: a streamed call, or a callback framework's
+        ``on_llm_start`` / ``on_llm_end``. Returns a :class:`SpanHandle` carrying the span id
+        and the span's own context; end it once with ``handle.end(...)``, from any task or
+        thread, giving what is known only then (status, error, model, provider, tokens). It
+        does not change the current context. Never raises.
+        """
+        try:
+            parent = ctx or current_context() or TraceContext.new_root()
+            start_ns = time_ns()
+            mono = monotonic()
+            child = make_context(
+                parent.trace_id,
+                new_span_id(),
+                parent.span_id,
+                parent.user_id,
+                parent.session_id,
+                parent.kb_id,
+                _fromtimestamp(start_ns / 1e9, _UTC),  # time_ns() is always in range
+                mono,
+            )
+            self._emit(
+                (_SPAN_START, start_ns, None, child.trace_id, child.span_id,
+                child.parent_span_id, name, span_type, None, None, None, None,
+                child.user_id, child.session_id, child.kb_id,
+                None if metadata is None else snapshot_metadata(metadata), None)
+            )  # fmt: skip
+            return SpanHandle(self, child, start_ns, mono, name, span_type)
+        except Exception as exc:
+            self._internal_error("start_span", exc)
+            return SpanHandle(self, TraceContext.new_root(), time_ns(), monotonic(), name, None)
 
     def log_llm_call(
         self,
@@ -343,20 +426,25 @@ class ObservabilityService:
         """Record a finished LLM call as a complete span; returns its span id, always."""
         span_id = new_span_id()
         try:
-            parent = ctx or current_context() or TraceContext.new_root()
+            parent = ctx or current_context()
             end_ns = time_ns()
             start_ns = end_ns
             # The row's timestamp is the call's start; 0 < d < 1e12 is also false for NaN.
             if type(duration_ms) in (float, int) and 0 < duration_ms < 1e12:  # type: ignore[operator]
                 start_ns = end_ns - int(duration_ms * 1_000_000)  # type: ignore[operator]
+            if parent is not None:
+                trace_id, parent_id = parent.trace_id, parent.span_id
+                user_id, session_id, kb_id = parent.user_id, parent.session_id, parent.kb_id
+            else:
+                # What a fresh root context would give, without building one.
+                trace_id, parent_id = new_trace_id(), new_span_id()
+                user_id = session_id = kb_id = None
             self._emit(
-                _event(
-                    (_SPAN, start_ns, end_ns, parent.trace_id, span_id, parent.span_id, name,
-                    "llm", status, duration_ms, None, error_message, parent.user_id,
-                    parent.session_id, parent.kb_id, _snapshot(metadata),
-                    (model, provider, input_tokens, output_tokens, cached_input_tokens,
-                     reasoning_tokens),
-                ))
+                (_SPAN, start_ns, end_ns, trace_id, span_id, parent_id, name,
+                "llm", status, duration_ms, None, error_message, user_id, session_id, kb_id,
+                None if metadata is None else snapshot_metadata(metadata),
+                (model, provider, input_tokens, output_tokens, cached_input_tokens,
+                 reasoning_tokens))
             )  # fmt: skip
         except Exception as exc:
             self._internal_error("log_llm_call", exc)
@@ -375,12 +463,12 @@ class ObservabilityService:
         try:
             c = ctx or current_context()
             self._emit(
-                _event(
-                    (_CHAT, time_ns(), None, c.trace_id if c else "", c.span_id if c else None,
-                    None, None, None, None, None, None, None,
-                    c.user_id if c else None, c.session_id if c else None,
-                    c.kb_id if c else None, _snapshot(metadata), (role, content, token_count),
-                ))
+                (_CHAT, time_ns(), None, c.trace_id if c else "", c.span_id if c else None,
+                None, None, None, None, None, None, None,
+                c.user_id if c else None, c.session_id if c else None,
+                c.kb_id if c else None,
+                None if metadata is None else snapshot_metadata(metadata),
+                (role, content, token_count))
             )  # fmt: skip
         except Exception as exc:
             self._internal_error("log_chat_message", exc)
@@ -410,12 +498,11 @@ class ObservabilityService:
                 return
             end_ns = time_ns()
             self._emit(
-                _event(
-                    (_DOCUMENT, end_ns, end_ns, c.trace_id if c else "", None, None, None, None,
-                    status, duration_ms, None, error_message, c.user_id if c else None,
-                    c.session_id if c else None, kb_id, _snapshot(metadata),
-                    (document_id, event_type, chunk_count),
-                ))
+                (_DOCUMENT, end_ns, end_ns, c.trace_id if c else "", None, None, None, None,
+                status, duration_ms, None, error_message, c.user_id if c else None,
+                c.session_id if c else None, kb_id,
+                None if metadata is None else snapshot_metadata(metadata),
+                (document_id, event_type, chunk_count))
             )  # fmt: skip
         except Exception as exc:
             self._internal_error("log_document_event", exc)
@@ -425,48 +512,59 @@ class ObservabilityService:
     async def start(self) -> None:
         """Start every provider; a configuration problem (DSN, password, schema) raises here."""
         for provider in self._providers:
-            start = getattr(provider, "start", None)
-            if start is not None:
-                await start()
-
-    def start_sync(self) -> None:
-        """Start from code with no event loop (requires ``thread_mode`` for PostgreSQL)."""
-        if self.postgres is not None:
-            if not self.config.thread_mode:
-                raise ConfigurationError("thread_mode: start_sync() needs thread_mode=True")
-            self.postgres.start_sync()
+            await provider.start()
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Write everything recorded so far; True if every provider finished in time."""
         ok = True
         for provider in self._providers:
-            flush = getattr(provider, "flush", None)
-            if flush is not None:
-                try:
-                    ok = bool(await flush(timeout)) and ok
-                except Exception as exc:
-                    self._provider_failed(provider, exc)
-                    ok = False
+            try:
+                ok = bool(await provider.flush(timeout)) and ok
+            except Exception as exc:
+                self._provider_failed(provider, exc)
+                ok = False
         return ok
-
-    def flush_sync(self, timeout: float | None = None) -> bool:
-        """:meth:`flush` from code with no event loop (thread mode)."""
-        return self.postgres.flush_sync(timeout) if self.postgres is not None else True
 
     async def close(self, timeout: float | None = None) -> None:
         """Flush within ``timeout`` and close every provider; never raises for a provider."""
         for provider in self._providers:
-            close = getattr(provider, "close", None)
-            if close is not None:
-                try:
-                    await close(timeout)
-                except Exception as exc:
-                    self._provider_failed(provider, exc)
+            try:
+                await provider.close(timeout)
+            except Exception as exc:
+                self._provider_failed(provider, exc)
+
+    # The synchronous lifecycle runs the methods above on a loop of its own thread.
+
+    def start_sync(self) -> None:
+        """:meth:`start` from code with no event loop (requires ``thread_mode`` for PostgreSQL)."""
+        if self.postgres is not None and not self.config.thread_mode:
+            raise ConfigurationError("thread_mode: start_sync() needs thread_mode=True")
+        self._sync_run(self.start())
+
+    def flush_sync(self, timeout: float | None = None) -> bool:
+        """:meth:`flush` from code with no event loop (thread mode)."""
+        if self._would_deadlock("flush_sync"):
+            return False
+        return self._sync_run(self.flush(timeout))
 
     def close_sync(self, timeout: float | None = None) -> None:
         """:meth:`close` from code with no event loop (thread mode)."""
-        if self.postgres is not None:
-            self.postgres.close_sync(timeout)
+        if self._would_deadlock("close_sync"):
+            return
+        try:
+            self._sync_run(self.close(timeout))
+        finally:
+            if self._sync_loop is not None:
+                self._sync_loop.stop()
+                self._sync_loop = None
+
+    def _sync_run(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        if self._sync_loop is None or not self._sync_loop.alive:  # first use, or after a fork
+            self._sync_loop = LoopThread("tracewriter-lifecycle")
+        return self._sync_loop.call(coro)
+
+    def _would_deadlock(self, call: str) -> bool:
+        return self.postgres is not None and self.postgres.sync_call_would_deadlock(call)
 
     def stats(self) -> WriterStats | None:
         """The PostgreSQL writer's counters (None without a DSN)."""
@@ -485,6 +583,61 @@ class ObservabilityService:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close_sync()
+
+    # --- spans recorded elsewhere (kept last: tracewriter.otel is its caller) ----------------
+
+    def record_span(  # noqa: PLR0917 - positional on purpose: once per OpenTelemetry span
+        self,
+        trace_id: str,
+        span_id: str,
+        parent_span_id: str | None,
+        name: str | None,
+        start_ns: int,
+        end_ns: int,
+        span_type: str | None = None,
+        status: str = "ok",
+        error_type: str | None = None,
+        error_message: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        llm: tuple[Any, ...] | None = None,
+        user_id: str | None = None,
+        session_id: str | None = None,
+        kb_id: str | None = None,
+        trace_metadata: Mapping[str, Any] | None = None,
+        *,
+        trace: bool = False,
+    ) -> None:
+        """Record a span that started and ended elsewhere, with its own ids and wall-clock times.
+
+        This is how :class:`tracewriter.otel.TracewriterSpanProcessor` hands an ended
+        OpenTelemetry span to the same fan-out, buffer and ledger as every other call: one
+        complete span event (``start_ns``/``end_ns`` in nanoseconds since the epoch; ``llm`` is
+        ``(model, provider, input_tokens, output_tokens, cached_input_tokens,
+        reasoning_tokens)``). With ``trace=True`` the span is also its trace's root, and a
+        start and an end event give the trace row (``trace_metadata`` its metadata). Nothing
+        is validated here — the background path does that, as for every call — and nothing
+        raises.
+        """
+        try:
+            duration = (end_ns - start_ns) / 1e6 if end_ns is not None else None
+            self._emit(
+                (_SPAN, start_ns, end_ns, trace_id, span_id, parent_span_id, name, span_type,
+                status, duration, error_type, error_message, user_id, session_id, kb_id,
+                None if metadata is None else snapshot_metadata(metadata), llm)
+            )  # fmt: skip
+            if trace:
+                self._emit(
+                    (_TRACE_START, start_ns, None, trace_id, span_id, None, name, None, None,
+                    None, None, None, user_id, session_id, kb_id,
+                    None if trace_metadata is None else snapshot_metadata(trace_metadata), None)
+                )  # fmt: skip
+                self._emit(
+                    (_TRACE_END, start_ns, end_ns, trace_id, span_id, None, None, None,
+                    status, duration, error_type, error_message, user_id, session_id, kb_id,
+                    None, None)
+                )  # fmt: skip
+        except Exception as exc:
+            self._internal_error("record_span", exc)
 
 
 _instance: ObservabilityService | None = None

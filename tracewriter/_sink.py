@@ -64,7 +64,12 @@ class DeadLetter:
 
 @dataclass(frozen=True, slots=True)
 class SyncStatus:
-    """One provider's progress since its last recorded status: deltas plus the latest outcome."""
+    """One provider's progress since its last recorded status: deltas plus the latest outcome.
+
+    ``error``, ``error_at`` and ``consecutive_failures`` describe the latest failure streak not
+    yet recorded (None and 0 when there is none); a successful flush after an outage carries
+    the outage's, so the status says what happened even when nothing could be written during it.
+    """
 
     provider: str
     flushed_at: _dt.datetime
@@ -73,6 +78,8 @@ class SyncStatus:
     rows_sent: int
     rows_failed: int
     rows_dropped: int
+    error_at: _dt.datetime | None = None
+    consecutive_failures: int = 0
 
 
 @runtime_checkable
@@ -84,6 +91,15 @@ class Sink(Protocol):
 
     async def close(self, timeout: float) -> None:
         """Release connections within ``timeout`` seconds."""
+
+    def forget(self) -> object:
+        """Drop every connection without touching it, and return what holds them.
+
+        For a forked child (the connections are the parent's) and for a writer whose event loop
+        has ended (its connections cannot be closed any more). The caller keeps the returned
+        object referenced, so that no finaliser ever runs on those sockets; :meth:`open` may
+        be called again afterwards. A sink without connections returns None.
+        """
 
     async def copy_rows(self, table: str, rows: Sequence[Row], *, dedupe: bool) -> None:
         """Append new rows; with ``dedupe`` rows whose (id, timestamp) exist are skipped."""

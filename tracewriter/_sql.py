@@ -1,22 +1,21 @@
 """Every SQL statement the writer runs, as named templates.
 
 Owns the SQL text. Statements are built once per sink from the column layout in ``_schema`` and
-the configured schema name, which is validated and quoted here; nothing from a caller's events
-is ever put into SQL text — values travel only as bind parameters or COPY data.
+the one schema the migrations create; nothing from a caller's events or the configuration is
+ever put into SQL text — values travel only as bind parameters or COPY data.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Final
 
 from tracewriter import _schema as schema
-from tracewriter.errors import ConfigurationError
 
-__all__ = ["Statements", "quote_ident"]
+__all__ = ["SCHEMA", "Statements"]
 
-_IDENT: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# The schema sql/0001.schema.sql creates; the migrations, roles and read-back name it too.
+SCHEMA: Final = "observability"
 
 # Types of the columns the writer supplies, for the unnest() casts of array parameters.
 _TYPES: Final[dict[str, str]] = {
@@ -39,13 +38,6 @@ _TYPES: Final[dict[str, str]] = {
 }
 
 
-def quote_ident(name: str) -> str:
-    """Validate a configured identifier (lower-case, <= 63 chars) and quote it."""
-    if not _IDENT.match(name):
-        raise ConfigurationError(f"schema: {name!r} is not a valid lower-case SQL identifier")
-    return f'"{name}"'
-
-
 def _cols(columns: tuple[str, ...]) -> str:
     return ", ".join(f'"{c}"' for c in columns)
 
@@ -60,10 +52,14 @@ def _unnest(columns: tuple[str, ...], first_param: int = 1) -> str:
 def _end_upsert(qschema: str, table: str) -> str:
     columns = schema.COLUMNS[table]
     sets = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in schema.END_UPDATE_COLUMNS)
+    fills = "".join(
+        f', "{c}" = COALESCE(EXCLUDED."{c}", t."{c}")'
+        for c in schema.END_FILL_COLUMNS.get(table, ())
+    )
     return (
         f"INSERT INTO {qschema}.{table} AS t ({_cols(columns)}) "
         f"SELECT * FROM {_unnest(columns)} "
-        f'ON CONFLICT (id, "timestamp") DO UPDATE SET {sets}, '
+        f'ON CONFLICT (id, "timestamp") DO UPDATE SET {sets}{fills}, '
         "metadata = CASE WHEN EXCLUDED.metadata IS NULL THEN t.metadata "
         "WHEN t.metadata IS NULL THEN EXCLUDED.metadata "
         "ELSE t.metadata || EXCLUDED.metadata END"
@@ -88,7 +84,7 @@ def _metrics_upsert(qschema: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Statements:
-    """The statements for one schema. Build with :meth:`for_schema`."""
+    """The writer's statements. Build with :meth:`build`."""
 
     schema: str
     check_schema: str
@@ -102,11 +98,11 @@ class Statements:
     stage_insert: dict[str, str]
 
     @classmethod
-    def for_schema(cls, name: str) -> Statements:
-        """Statements for the observability tables in schema ``name``."""
-        q = quote_ident(name)
+    def build(cls) -> Statements:
+        """Statements for the observability tables in :data:`SCHEMA`."""
+        q = f'"{SCHEMA}"'
         return cls(
-            schema=name,
+            schema=SCHEMA,
             check_schema=(
                 "SELECT to_regclass($1 || '.spans') IS NOT NULL "
                 "AND to_regclass($1 || '.applied_batches') IS NOT NULL"
@@ -117,12 +113,21 @@ class Statements:
                 f"INSERT INTO {q}.dead_letters (target_table, row_data, error, sqlstate) "
                 "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])"
             ),
+            # A success moves last_success_at; a failure, or a success reporting the failure
+            # streak that just ended (the database was away meanwhile), moves last_error,
+            # last_error_at and consecutive_failures. Neither erases the other.
             sync_status_upsert=(
                 f"INSERT INTO {q}.provider_sync_status AS s (provider, last_flush_at, "
-                "last_success_at, rows_sent, rows_failed, rows_dropped, updated_at) "
-                "VALUES ($1, $2, $2, $3, $4, $5, now()) ON CONFLICT (provider) DO UPDATE SET "
+                "last_success_at, last_error, last_error_at, consecutive_failures, rows_sent, "
+                "rows_failed, rows_dropped, updated_at) "
+                "VALUES ($1, $2::timestamptz, CASE WHEN $3::boolean THEN $2::timestamptz END, "
+                "$4, $5, $6, $7, $8, $9, now()) ON CONFLICT (provider) DO UPDATE SET "
                 "last_flush_at = EXCLUDED.last_flush_at, "
-                "last_success_at = EXCLUDED.last_success_at, "
+                "last_success_at = coalesce(EXCLUDED.last_success_at, s.last_success_at), "
+                "last_error = coalesce(EXCLUDED.last_error, s.last_error), "
+                "last_error_at = coalesce(EXCLUDED.last_error_at, s.last_error_at), "
+                "consecutive_failures = CASE WHEN EXCLUDED.last_error_at IS NULL "
+                "THEN s.consecutive_failures ELSE EXCLUDED.consecutive_failures END, "
                 "rows_sent = s.rows_sent + EXCLUDED.rows_sent, "
                 "rows_failed = s.rows_failed + EXCLUDED.rows_failed, "
                 "rows_dropped = s.rows_dropped + EXCLUDED.rows_dropped, updated_at = now()"

@@ -22,4 +22,5 @@ class ConfigurationError(TracewriterError, ValueError):
 
 
 class WriterClosedError(TracewriterError, RuntimeError):
-    """A lifecycle call (``start``, ``flush``) was made on a writer that has been closed."""
+    """``start()`` or ``start_sync()`` was called on a writer that has been closed (a closed
+    writer does not restart; ``flush()`` on it returns False and ``close()`` does nothing)."""

@@ -60,6 +60,11 @@ def migrations_dir() -> Path:
     raise ConfigurationError(f"no migration files found (searched {searched})")
 
 
+def migration_ids() -> list[str]:
+    """The id of every migration this version ships, oldest first (no database needed)."""
+    return [m.id for m in _read()]
+
+
 def apply_migrations(dsn: str, *, on_notice: NoticeHandler | None = None) -> list[str]:
     """Apply every pending migration to the database at ``dsn``; return the ids applied.
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tracewriter._sink import DataSinkError, DeadLetter, RetriableSinkError, SyncStatus
+
+if TYPE_CHECKING:
+    from tracewriter._sink import Sink
 
 __all__ = ["InMemorySink"]
 
@@ -56,6 +59,10 @@ class InMemorySink:
 
     async def close(self, timeout: float) -> None:
         self.closed = True
+
+    def forget(self) -> None:
+        """Nothing to drop: the rows live in this process's memory."""
+        return None
 
     async def copy_rows(self, table: str, rows: Sequence[Row], *, dedupe: bool) -> None:
         await self._enter("copy_rows", table, rows)
@@ -107,3 +114,8 @@ class InMemorySink:
     def rows(self, table: str) -> list[Row]:
         """Every row stored in ``table``."""
         return list(self.tables[table].values())
+
+
+if TYPE_CHECKING:
+    # mypy proves here that the in-memory sink keeps the whole Sink contract.
+    _conforms: type[Sink] = InMemorySink

@@ -67,10 +67,23 @@ def clean_own_db(own_server: EmbeddedPostgres, own_db: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def fault_template(migrated_database: Any) -> Iterator[str]:
-    """The name of a migrated database on the run's server, to copy per test."""
+def fault_template(server_dsn: str, migrated_database: Any) -> Iterator[str]:
+    """The name of a migrated database on the run's server, to copy per test.
+
+    PostgreSQL copies a template only while nobody is connected to it, and TimescaleDB keeps a
+    background scheduler connected to every database that has the extension. Closing the
+    template to connections and ending the scheduler's session keeps it copyable: the launcher
+    starts schedulers only in databases that allow connections.
+    """
     with migrated_database("tw_fault_template") as dsn:
-        yield urlsplit(dsn).path.lstrip("/")
+        name = urlsplit(dsn).path.lstrip("/")
+        _admin(
+            server_dsn,
+            f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false',
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE datname = '{name}' AND pid <> pg_backend_pid()",
+        )
+        yield name
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import pytest
 import tracewriter._flusher as flusher_module
 from tracewriter import ObservabilityService
 from tracewriter import _schema as schema
-from tracewriter._records import Event, build
+from tracewriter._records import SPAN_ID, EventTuple, build
 
 from . import Workload, assert_exactly_once, assert_settled, connect, terminate_writer, wait_for
 from .conftest import _admin
@@ -64,9 +64,9 @@ async def test_the_writer_works_with_only_the_writer_role(
     poisoned: set[str] = set()
     trace_col = schema.SPAN_COLUMNS.index("trace_id")
 
-    def build_past_the_sanitiser(event: Event) -> tuple[str, tuple[Any, ...]]:
+    def build_past_the_sanitiser(event: EventTuple) -> tuple[str, tuple[Any, ...]]:
         table, row = build(event)
-        if event.span_id in poisoned:  # upper-case hex: the CHECK constraint refuses it
+        if event[SPAN_ID] in poisoned:  # upper-case hex: the CHECK constraint refuses it
             row = (*row[:trace_col], row[trace_col].upper(), *row[trace_col + 1 :])
         return table, row
 

@@ -1,9 +1,11 @@
-"""The database goes away under a running writer: a private embedded server stopped and started."""
+"""The database goes away under a running writer: a private embedded server stopped and started,
+and the network to the run's own server (TimescaleDB in that CI pass) cut and restored."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 import psutil
 import pytest
@@ -14,6 +16,7 @@ from tracewriter._records import Event
 from tracewriter.embedded import EmbeddedPostgres
 
 from . import Workload, assert_exactly_once, assert_settled, connect, wait_for
+from ._proxy import Proxy
 
 OUTAGE_SECONDS = 10.0
 
@@ -31,14 +34,17 @@ def service(dsn: str, **kw: object) -> ObservabilityService:
     return ObservabilityService(dsn, **options)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(90)
-async def test_server_stopped_for_ten_seconds_mid_load_loses_and_duplicates_nothing(
-    own_server: EmbeddedPostgres, clean_own_db: str
+async def outage_under_load(
+    dsn: str,
+    check_dsn: str,
+    take_away: Callable[[], Awaitable[None]],
+    bring_back: Callable[[], Awaitable[None]],
+    seconds: float,
 ) -> None:
-    """With the server stopped for 10 s under load and started again, no recording call raises
-    and every accepted event is in the database exactly once."""
-    svc = service(clean_own_db)
+    """Run the workload through a writer on ``dsn``, take the database away for ``seconds``
+    under load, bring it back, and check that no recording call raised, that the rows waited
+    in the buffer, and that every accepted event reached ``check_dsn`` exactly once."""
+    svc = service(dsn)
     await svc.start()
     work = Workload(svc)
     stop = asyncio.Event()
@@ -49,27 +55,61 @@ async def test_server_stopped_for_ten_seconds_mid_load_loses_and_duplicates_noth
             return work.stats().written > 500
 
         assert await wait_for(writing, timeout=15)
-        await asyncio.to_thread(own_server.stop)
+        await take_away()
         # The load keeps running through the outage; it finishing early means it raised.
-        done, _ = await asyncio.wait({load}, timeout=OUTAGE_SECONDS)
+        done, _ = await asyncio.wait({load}, timeout=seconds)
         assert not done, load.exception()
         during = work.stats()
         assert during.consecutive_failures > 0 and during.retries > 0
         assert during.buffered + during.in_flight > 0  # kept, waiting for the server
-        await asyncio.to_thread(own_server.start)
+        await bring_back()
         done, _ = await asyncio.wait({load}, timeout=1.0)
         assert not done, load.exception()
     finally:
         stop.set()
         await load
-        own_server.start()
+        await bring_back()
     assert await svc.flush(timeout=60)
     stats = work.stats()
     await svc.close()
     assert_settled(stats)
     assert stats.written == work.expected_events() and stats.internal_errors == 0
-    async with connect(clean_own_db) as conn:
+    async with connect(check_dsn) as conn:
         await assert_exactly_once(conn, work)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+async def test_server_stopped_for_ten_seconds_mid_load_loses_and_duplicates_nothing(
+    own_server: EmbeddedPostgres, clean_own_db: str
+) -> None:
+    """With the server stopped for 10 s under load and started again, no recording call raises
+    and every accepted event is in the database exactly once."""
+
+    async def stop() -> None:
+        await asyncio.to_thread(own_server.stop)
+
+    async def start() -> None:
+        await asyncio.to_thread(own_server.start)  # a no-op when it is running
+
+    await outage_under_load(clean_own_db, clean_own_db, stop, start, OUTAGE_SECONDS)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+async def test_network_to_the_runs_server_cut_for_five_seconds_loses_and_duplicates_nothing(
+    fault_db: str,
+) -> None:
+    """With every connection to the run's server dropped and refused for 5 s under load, no
+    recording call raises and every accepted event is in the database exactly once."""
+    proxy = Proxy.for_dsn(fault_db)
+    await proxy.start()
+    try:
+        await outage_under_load(
+            proxy.dsn(fault_db), fault_db, proxy.cut, proxy.restore, OUTAGE_SECONDS / 2
+        )
+    finally:
+        await proxy.close()
 
 
 @pytest.mark.slow
@@ -127,3 +167,46 @@ async def test_a_million_enqueues_with_the_database_down_stay_bounded_and_close_
     assert closed and closed[0]["dropped_at_close"] == held
     async with connect(clean_own_db) as conn:
         assert await conn.fetchval("SELECT count(*) FROM observability.spans") == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+async def test_provider_sync_status_tells_the_outage_after_it(fault_db: str) -> None:
+    """After the network to the server was cut, provider_sync_status shows the last failure,
+    when it happened and how many flushes failed in a row; after recovery, the last success."""
+    proxy = Proxy.for_dsn(fault_db)
+    await proxy.start()
+    svc = service(proxy.dsn(fault_db))
+    try:
+        await svc.start()
+        ctx = TraceContext.new_root()
+        svc.log_llm_call(ctx, model="m", duration_ms=1.0)
+        assert await svc.flush(timeout=10)
+        await proxy.cut()
+        cut_at = time.time()
+        svc.log_llm_call(ctx, model="m", duration_ms=1.0)
+
+        async def failing() -> bool:
+            stats = svc.stats()
+            return stats is not None and stats.consecutive_failures >= 3
+
+        assert await wait_for(failing, timeout=20)
+        await proxy.restore()
+        restored_at = time.time()
+        assert await svc.flush(timeout=20)
+        streak = svc.stats()
+        assert streak is not None and streak.consecutive_failures == 0
+    finally:
+        await svc.close()
+        await proxy.close()
+    async with connect(fault_db) as conn:
+        row = await conn.fetchrow(
+            "SELECT last_error, last_error_at, consecutive_failures, last_success_at, rows_sent "
+            "FROM observability.provider_sync_status WHERE provider = 'postgres'"
+        )
+    assert row is not None
+    assert row["last_error"], row
+    assert cut_at - 1 <= row["last_error_at"].timestamp() <= restored_at + 1, row
+    assert row["consecutive_failures"] >= 3, row
+    assert row["last_success_at"] > row["last_error_at"], row
+    assert row["rows_sent"] == 2

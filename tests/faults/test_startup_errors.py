@@ -84,11 +84,6 @@ def cases(server: EmbeddedPostgres) -> dict[str, tuple[str, str, dict[str, objec
             "is not migrated",
             {},
         ),
-        "missing schema": (
-            as_user(faults, USER, PASSWORD),
-            "schema 'elsewhere' is not migrated",
-            {"schema": "elsewhere"},
-        ),
     }
 
 
@@ -98,7 +93,6 @@ CASES = (
     "unknown user",
     "unreachable port",
     "unmigrated database",
-    "missing schema",
 )
 
 

@@ -3,64 +3,9 @@
 Owns the simulation (users, requests, the document-ingestion stream, injected failures), its
 measurements (the latency of every recording call, the event loop's lag) and the report it
 prints. It drives the library only through :class:`~tracewriter.ObservabilityService`, as an
-application would, and reads the rows back through :mod:`tracewriter._readback`. It needs
-``rich`` (the ``cli`` extra); nothing in the library imports it.
-
-What `make demo` prints
------------------------
-
-`make demo` (`tracewriter demo`) starts a throwaway PostgreSQL (or uses `TRACEWRITER_DSN`),
-migrates it, and for 20 seconds plays a RAG chat service with 50 concurrent users. Each request
-is one trace: the user's message, an optional query-rewrite LLM call, a `retrieve` span with
-nested `embed_query` and `rerank` spans, the answer (gpt-4o, claude-3-5-sonnet, gemini-1.5-pro
-or o3-mini, with realistic token counts and latencies), an optional guardrail LLM call and the
-assistant's message. About 3 % of requests fail: an exception inside the embedding or rerank
-span, or an LLM call that returns an error. Alongside, documents go through
-upload → parse → chunk → embed → index, a few of them failing. A live panel shows progress,
-events/s, enqueued, buffered, written, dropped and the loop's lag. Then it prints:
-
-1. **Summary**: events recorded per kind; rows per table as the simulation expects them, as
-   the writer wrote them and as `SELECT count(*)` finds them (they match); sustained rows/s
-   and events/s; the enqueue latency of a recording call (p50/p99 in µs, timed around every
-   call); the event loop's lag (p99/max of a 1 ms ticker); flushes and retries; drops, dead
-   letters and rejected events (all expected 0); whether the writer's ledger balances.
-2. **One request as a waterfall**, read back from the database: a tree of its spans, LLM calls
-   and messages, each with a bar on the trace's time axis, its start offset and duration, and
-   the model, tokens or error. This one request runs in real time, so its bars are to scale.
-3. **LLM calls by model**, from `metrics_aggregates`: calls, errors, input/output tokens and
-   p50/p95/p99/max latency (percentiles are histogram bucket bounds: within √2, never above
-   max).
-
-From one run on a 2-core machine (numbers vary):
-
-```
-│ sustained rows/s        │                                 2,411 │
-│ events/s                │                                 3,641 │
-│ enqueue p50 / p99       │                         7.2 / 37.0 µs │
-│ loop lag p99 / max      │                        9.96 / 37.3 ms │
-│ dropped                 │                                     0 │
-✓ every recorded event is in the database; nothing dropped
-
-chat.request          ████████████████████████████████████    +0.0 ms  3300 ms
-├── user message      ◆                                       +0.0 ms        —  14 tok  “What…
-├── llm.rewrite_query ████                                    +0.1 ms   365 ms  gpt-4o-mini …
-├── retrieve             ▊                                    +365 ms  65.5 ms
-│   ├── embed_query      ▎                                    +365 ms  20.2 ms
-│   └── rerank            ▍                                   +397 ms  33.1 ms
-├── llm.generate          ██████████████████████████▋         +430 ms  2438 ms  gpt-4o (openai)…
-├── llm.guardrail                                    ████▊   +2868 ms   432 ms  claude-3-5-haiku…
-└── assistant message                                    ◆   +3300 ms        —  176 tok  “Here…
-```
-
-Slow external calls (LLM generation, document parsing and embedding) pass 50× faster than
-they claim (`--time-scale 0.02`), so a short run produces thousands of events per second; the
-durations recorded for them are the realistic ones. Retrieval spans run, and are timed, in real
-time. Options: `--duration SECONDS` or `--requests N`, `--users`, `--docs-per-second`,
-`--failure-rate`, `--seed`, `--thread-mode`, `--no-live` (plain output for logs and CI),
-`--dsn`. The exit status is 0 when nothing was dropped, dead-lettered or rejected and the rows
-in the database match what was recorded. `tracewriter trace TRACE_ID` prints any trace as such
-a tree; `tracewriter stats --since 1h` prints the per-model, per-span-type and per-document-stage
-tables for a time window (both take `--dsn` or `TRACEWRITER_DSN`).
+application would, and reads the rows back through :mod:`tracewriter.cli._query`, drawn by
+:mod:`tracewriter.cli._render`. What a run does and prints is described in the README
+("What `make demo` prints").
 """
 
 from __future__ import annotations
@@ -84,10 +29,9 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from tracewriter import _readback as readback
-from tracewriter._context import TraceContext
-from tracewriter._provider import WriterStats
-from tracewriter._service import ObservabilityService
+from tracewriter import ObservabilityService, TraceContext, WriterStats
+from tracewriter.cli import _query
+from tracewriter.cli._render import render_stats, render_trace
 
 __all__ = ["DEFAULT_DURATION", "DemoReport", "run_demo"]
 
@@ -778,7 +722,7 @@ async def run_demo(
     rng = random.Random(seed)
     wall_start = _dt.datetime.now(_dt.UTC)
 
-    svc = ObservabilityService(dsn, thread_mode=thread_mode, schema="observability")
+    svc = ObservabilityService(dsn, thread_mode=thread_mode)
     await svc.start()
     rec = _Recorder(svc)
     sim = _Simulation(
@@ -821,20 +765,20 @@ async def run_demo(
         await svc.close(timeout=_CLOSE_TIMEOUT)
     assert stats is not None  # a DSN was given, so there is a PostgreSQL writer
 
-    conn = await readback.connect(dsn)
+    conn = await _query.connect(dsn)
     try:
         # LLM rows start before they were logged (start = end - duration): look back further.
-        rows_in_db = await readback.count_rows(
+        rows_in_db = await _query.count_rows(
             conn,
             dsn,
             kb_prefix=sim.kb_prefix,
             since=wall_start - _dt.timedelta(minutes=10),
         )
         window = _dt.timedelta(seconds=math.ceil(elapsed) + 180)
-        model_stats = await readback.fetch_stats(conn, dsn, window, kb_prefix=sim.kb_prefix)
+        model_stats = await _query.fetch_stats(conn, dsn, window, kb_prefix=sim.kb_prefix)
         tree = None
         if sim.showcase_trace_id is not None:
-            tree = await readback.fetch_trace(conn, dsn, sim.showcase_trace_id)
+            tree = await _query.fetch_trace(conn, dsn, sim.showcase_trace_id)
     finally:
         await conn.close()
 
@@ -867,12 +811,12 @@ async def run_demo(
     console.print()
     if tree is not None:
         console.rule("[bold]One request, read back from the database[/]", align="left")
-        console.print(readback.render_trace(tree, width=console.width))
+        console.print(render_trace(tree, width=console.width))
         console.print()
     console.rule("[bold]LLM calls by model, from metrics_aggregates[/]", align="left")
     console.print(
-        readback.render_stats(
-            readback.Stats(since=model_stats.since, models=model_stats.models), window="this run"
+        render_stats(
+            _query.Stats(since=model_stats.since, models=model_stats.models), window="this run"
         )
         if model_stats.models
         else Text("no LLM calls recorded", style="yellow")
@@ -912,7 +856,7 @@ def render_summary(
     rows.add_column("expected", justify="right")
     rows.add_column("writes", justify="right")
     rows.add_column("in database", justify="right")
-    for table in readback.COUNTED_TABLES:
+    for table in _query.COUNTED_TABLES:
         expected: int | None = report.expected_rows.get(table)
         written: int | None
         if table == "dead_letters":

@@ -1,10 +1,12 @@
 """The ``tracewriter`` command line: one subcommand per function, dispatched by :func:`main`.
 
 Owns argument parsing, where the DSN comes from (``--dsn`` or ``TRACEWRITER_DSN``; the demo
-falls back to an embedded server) and turning expected errors into a one-line message and an
-exit status. The work itself belongs to the library modules each subcommand calls. The
-subcommands that print with ``rich`` (``demo``, ``trace``, ``stats``) import their modules when
-they run, so ``migrate`` works without the ``cli`` extra.
+falls back to an embedded server), the output format and turning expected errors into a
+one-line message and an exit status. The work itself belongs to the modules each subcommand
+calls: :mod:`tracewriter.migrate`, :mod:`tracewriter.cli._query` (read-back as plain data),
+:mod:`tracewriter.cli._render` and :mod:`tracewriter.cli._demo`. What prints with ``rich``
+(``demo``, and ``trace`` / ``stats`` as text) is imported when it runs, so ``migrate`` and
+``--format json`` work without the ``cli`` extra.
 
 To add a subcommand, write ``_add_<name>(subparsers)`` that registers its parser with
 ``set_defaults(handler=_cmd_<name>)``, write ``_cmd_<name>(args) -> int``, and list the adder in
@@ -17,17 +19,23 @@ import argparse
 import asyncio
 import contextlib
 import datetime as _dt
+import json
 import math
 import os
 import re
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
+import asyncpg
 import structlog
 
-from tracewriter import migrate
+from tracewriter import migrate, retention
 from tracewriter._config import redact_dsn
+from tracewriter._context import is_valid_trace_id
+from tracewriter._logging import is_tracewriter_event
+from tracewriter.cli import _query
 from tracewriter.errors import ConfigurationError, TracewriterError
 
 if TYPE_CHECKING:
@@ -42,6 +50,7 @@ EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
 
 _Subparsers = Any  # argparse's _SubParsersAction is private
+_Data = TypeVar("_Data", _query.TraceTree, _query.Stats)
 
 
 class _UsageError(Exception):
@@ -216,7 +225,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     try:
         from rich.console import Console  # noqa: PLC0415 - the cli extra, needed only here
 
-        from tracewriter import _demo  # noqa: PLC0415
+        from tracewriter.cli import _demo  # noqa: PLC0415
     except ModuleNotFoundError as exc:
         raise _missing_extra(exc) from None
     console = Console()
@@ -283,13 +292,13 @@ def _migrate_for_demo(dsn: str, console: Console) -> None:
 
 # --- trace ---------------------------------------------------------------------------------------
 
-_TRACE_ID: Final = re.compile(r"^[0-9a-f]{32}$")
-
 
 def _trace_id(text: str) -> str:
     value = text.strip().lower()
-    if not _TRACE_ID.match(value):
-        raise argparse.ArgumentTypeError(f"not a trace id: {text!r} (expected 32 hex digits)")
+    if not is_valid_trace_id(value):
+        raise argparse.ArgumentTypeError(
+            f"not a trace id: {text!r} (expected 32 hex digits, not all zero)"
+        )
     return value
 
 
@@ -305,14 +314,18 @@ def _add_trace(subparsers: _Subparsers) -> None:
     )
     parser.add_argument("trace_id", type=_trace_id, metavar="TRACE_ID", help="32 hex digits")
     _add_dsn_option(parser)
+    _add_format_option(parser)
     parser.set_defaults(handler=_cmd_trace)
 
 
 def _cmd_trace(args: argparse.Namespace) -> int:
+    def render(tree: _query.TraceTree, console: Console) -> Any:
+        from tracewriter.cli._render import render_trace  # noqa: PLC0415 - needs rich
+
+        return render_trace(tree, width=console.width)
+
     return _read_and_print(
-        args,
-        lambda readback, conn, dsn: readback.fetch_trace(conn, dsn, args.trace_id),
-        lambda readback, tree, console: readback.render_trace(tree, width=console.width),
+        args, lambda conn, dsn: _query.fetch_trace(conn, dsn, args.trace_id), render
     )
 
 
@@ -350,85 +363,150 @@ def _add_stats(subparsers: _Subparsers) -> None:
         help="how far back: 90s, 15m, 1h, 1h30m, 7d... (default: 1h)",
     )  # fmt: skip
     _add_dsn_option(parser)
+    _add_format_option(parser)
     parser.set_defaults(handler=_cmd_stats)
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
+    def render(stats: _query.Stats, console: Console) -> Any:
+        from tracewriter.cli._render import render_stats  # noqa: PLC0415 - needs rich
+
+        return render_stats(stats)
+
     return _read_and_print(
-        args,
-        lambda readback, conn, dsn: readback.fetch_stats(conn, dsn, args.since),
-        lambda readback, stats, console: readback.render_stats(stats),
+        args, lambda conn, dsn: _query.fetch_stats(conn, dsn, args.since), render
+    )
+
+
+# --- retention -----------------------------------------------------------------------------------
+
+
+def _add_retention(subparsers: _Subparsers) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "retention",
+        help="drop whole partitions or chunks older than an age (run as the owner)",
+        description=(
+            "Drop every partition (native PostgreSQL) or chunk (TimescaleDB) of the "
+            "time-partitioned tables whose time range ended more than --older-than ago, and say "
+            "what was dropped. Nothing is deleted row by row. Run it as the owner of the "
+            "observability tables (the writer role may not drop anything), e.g. daily from cron."
+        ),
+    )
+    parser.add_argument(
+        "--older-than", type=_since, required=True, metavar="AGE",
+        help="drop what ended longer ago than this: 30d, 12w, 36h...",
+    )  # fmt: skip
+    parser.add_argument(
+        "--table", choices=retention.TIME_PARTITIONED_TABLES,
+        help="only this table (default: every time-partitioned table)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dry-run", action="store_true", help="list what would be dropped; drop nothing"
+    )
+    _add_dsn_option(parser)
+    parser.add_argument(
+        "--format", choices=("text", "json"), default="text",
+        help="text: one line per partition and a summary; json: the same as one JSON document",
+    )  # fmt: skip
+    parser.set_defaults(handler=_cmd_retention)
+
+
+def _cmd_retention(args: argparse.Namespace) -> int:
+    dsn = _require_dsn(args)
+    mode, dropped = retention.drop_old_partitions(
+        dsn, args.older_than, table=args.table, dry_run=args.dry_run
+    )
+    what = "chunks" if mode == "timescaledb" else "partitions"
+    if args.format == "json":
+        document = {
+            "partitioning": mode,
+            "dry_run": args.dry_run,
+            "older_than_seconds": args.older_than.total_seconds(),
+            "dropped": [
+                {"table": d.table, "partition": d.partition, "range_end": d.range_end.isoformat()}
+                for d in dropped
+            ],
+        }
+        print(json.dumps(document, indent=2))
+        return EXIT_OK
+    verb = "would drop" if args.dry_run else "dropped"
+    for d in dropped:
+        print(f"{verb} {d.partition} ({d.table}, ended {d.range_end.isoformat()})")
+    print(f"{verb} {len(dropped)} {what} older than {args.older_than} ({mode} partitioning)")
+    return EXIT_OK
+
+
+# --- what the read commands share ----------------------------------------------------------------
+
+
+def _add_format_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="text: tables and trees for a terminal (needs the cli extra); json: the same data "
+        "as one JSON document on stdout, for scripts (default: %(default)s)",
     )
 
 
 def _read_and_print(
     args: argparse.Namespace,
-    fetch: Callable[[Any, Any, str], Awaitable[Any]],
-    render: Callable[[Any, Any, Any], Any],
+    fetch: Callable[[asyncpg.Connection, str], Awaitable[_Data]],
+    render: Callable[[_Data, Console], Any],
 ) -> int:
-    """Connect, fetch(readback, conn, dsn), close; print render(readback, data, console)."""
+    """Connect, ``fetch(conn, dsn)``, close; print the data as JSON or ``render(data, console)``."""
     dsn = _require_dsn(args)
-    try:
-        from rich.console import Console  # noqa: PLC0415 - the cli extra, needed only here
-
-        from tracewriter import _readback  # noqa: PLC0415
-    except ModuleNotFoundError as exc:
-        raise _missing_extra(exc) from None
-
-    async def read() -> Any:
-        conn = await _readback.connect(dsn)
+    console: Console | None = None
+    if args.format == "text":  # before connecting: a missing extra is said before any wait
         try:
-            return await fetch(_readback, conn, dsn)
+            from rich.console import Console  # noqa: PLC0415 - the cli extra, needed only here
+
+            import tracewriter.cli._render  # noqa: F401, PLC0415
+        except ModuleNotFoundError as exc:
+            raise _missing_extra(exc) from None
+        console = Console()
+
+    async def read() -> _Data:
+        conn = await _query.connect(dsn)
+        try:
+            return await fetch(conn, dsn)
         finally:
             with contextlib.suppress(Exception):
                 await conn.close(timeout=5)
 
     with _library_logs_to_stderr():
         data = asyncio.run(read())
-    console = Console()
-    console.print(render(_readback, data, console))
+    if console is None:
+        print(json.dumps(_query.as_json(data), indent=2, ensure_ascii=False))
+    else:
+        console.print(render(data, console))
     return EXIT_OK
 
 
 # --- shared --------------------------------------------------------------------------------------
 
 
-def _positive_float(text: str) -> float:
-    value = _float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
-    return value
+def _float_where(rule: str, ok: Callable[[float], bool]) -> Callable[[str], float]:
+    """An argparse type: a finite number for which ``ok`` holds, else "must be <rule>"."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+        return value
+
+    return parse
 
 
-def _non_negative_float(text: str) -> float:
-    value = _float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = _float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
-
-
-def _time_scale(text: str) -> float:
-    value = _float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 1, got {text}")
-    return value
-
-
-def _float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
-    return value
+_positive_float: Final = _float_where("more than 0", lambda v: v > 0)
+_non_negative_float: Final = _float_where("at least 0", lambda v: v >= 0)
+_fraction: Final = _float_where("between 0 and 1", lambda v: 0 <= v <= 1)
+_time_scale: Final = _float_where("more than 0 and at most 1", lambda v: 0 < v <= 1)
 
 
 def _missing_extra(exc: ModuleNotFoundError) -> TracewriterError:
@@ -442,13 +520,27 @@ def _missing_extra(exc: ModuleNotFoundError) -> TracewriterError:
 _LOG_LEVELS: Final = {"debug": 10, "info": 20, "msg": 20, "warning": 30, "warn": 30, "error": 40}
 
 
-def _warnings_only(logger: Any, method_name: str, event_dict: Any) -> Any:
-    if _LOG_LEVELS.get(method_name, 50) < _LOG_LEVELS["warning"]:
+class _Route(threading.local):
+    # Set by the first processor for the event being processed, read by the last: structlog
+    # runs the chain for one event synchronously on one thread.
+    ours = False
+
+
+_ROUTE: Final = _Route()
+
+
+def _route_library_logs(logger: Any, method_name: str, event_dict: Any) -> Any:
+    ours = is_tracewriter_event(event_dict)
+    if ours and _LOG_LEVELS.get(method_name, 50) < _LOG_LEVELS["warning"]:
         raise structlog.DropEvent
+    _ROUTE.ours = ours
     return event_dict
 
 
-def _print_to_stderr(logger: Any, method_name: str, rendered: Any) -> Any:
+def _library_lines_to_stderr(logger: Any, method_name: str, rendered: Any) -> Any:
+    if not _ROUTE.ours:
+        return rendered
+    _ROUTE.ours = False
     # sys.stderr looked up now, so that rich's live display can take the line in.
     print(rendered if isinstance(rendered, str) else repr(rendered), file=sys.stderr)
     raise structlog.DropEvent
@@ -456,18 +548,20 @@ def _print_to_stderr(logger: Any, method_name: str, rendered: Any) -> Any:
 
 @contextlib.contextmanager
 def _library_logs_to_stderr() -> Iterator[None]:
-    """While inside: the library's log lines below warning are dropped, the rest go to stderr.
+    """While inside: tracewriter's own log lines below warning are dropped and the rest go to
+    stderr (stdout carries the command's output, JSON included); other structlog events are
+    left as they are.
 
     Like ``structlog.testing.capture_logs``, this edits the configured processor list in place
     (and restores it), so whatever configuration the process has is back afterwards.
     """
     processors = structlog.get_config()["processors"]
-    processors.insert(0, _warnings_only)
-    processors.append(_print_to_stderr)
+    processors.insert(0, _route_library_logs)
+    processors.append(_library_lines_to_stderr)
     try:
         yield
     finally:
-        for added in (_warnings_only, _print_to_stderr):
+        for added in (_route_library_logs, _library_lines_to_stderr):
             with contextlib.suppress(ValueError):
                 processors.remove(added)
 
@@ -476,9 +570,6 @@ _SUBCOMMANDS: Final[tuple[Callable[[_Subparsers], None], ...]] = (
     _add_migrate,
     _add_demo,
     _add_trace,
+    _add_retention,
     _add_stats,
 )
-
-
-if __name__ == "__main__":
-    sys.exit(main())
