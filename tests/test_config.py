@@ -84,6 +84,8 @@ def test_from_env_reads_every_field_type() -> None:
         "TRACEWRITER_PROVIDER_NAME": "pg-main",
         "TRACEWRITER_COPY_YIELD_ROWS": "64",
         "TRACEWRITER_DEAD_LETTER_MAX_CHARS": "2000",
+        "TRACEWRITER_PRICE_CALLS": "off",
+        "TRACEWRITER_PRICES": '{"my-llm": {"input": 0.5, "output": "1.5"}}',
     }
     assert set(env) == {WriterConfig.env_var(name) for name in FIELDS}
     config = WriterConfig.from_env(env)
@@ -106,6 +108,8 @@ def test_from_env_reads_every_field_type() -> None:
         provider_name="pg-main",
         copy_yield_rows=64,
         dead_letter_max_chars=2000,
+        price_calls=False,
+        prices={"my-llm": {"input": 0.5, "output": "1.5"}},
     )
     assert isinstance(config.max_batch_rows, int)
     assert isinstance(config.flush_interval, float)
@@ -265,6 +269,10 @@ INVALID_VALUES: list[tuple[str, Any]] = [
     ("provider_name", 5),
     ("copy_yield_rows", 0),
     ("dead_letter_max_chars", 0),
+    ("price_calls", "yes"),
+    ("prices", {"m": {"input": -1, "output": 1}}),
+    ("prices", {"m": {"output": 1}}),
+    ("prices", ["not", "a", "mapping"]),
 ]
 
 

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from tracewriter._sketch import Sketch, to_sql_text
-from tracewriter._sketch_sql import metrics_upsert
+from tracewriter._sql import Statements
 from tracewriter.migrate import (
     apply_migrations,
     list_migrations,
@@ -260,7 +260,7 @@ async def test_writer_upserts_sketches_and_writes_costs(writer: asyncpg.Connecti
         [to_sql_text(sketch.encode())],
     ]
     for batch_id in (uuid.uuid4(), uuid.uuid4()):
-        await writer.execute(metrics_upsert('"observability"'), batch_id, *row)
+        await writer.execute(Statements.build().metrics_upsert, batch_id, *row)
     await writer.execute(
         'INSERT INTO observability.spans (id, "timestamp", trace_id, span_id, cost_usd, '
         "price_source, price_version) VALUES ($1, $2, $3, $4, 0.0125, 'user', 'sha256:x')",

@@ -30,11 +30,12 @@ from tracewriter._sketch import (
     quantile_of,
     to_sql_text,
 )
-from tracewriter._sketch_sql import METRIC_COLUMNS, metrics_upsert
+from tracewriter._sql import Statements
 
 pytestmark = pytest.mark.timeout(120)
 
-UPSERT = metrics_upsert('"observability"')
+UPSERT = Statements.build().metrics_upsert
+METRIC_COLUMNS = schema.METRIC_COLUMNS
 NOW = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
 MODELS = ("gpt-4o", "claude-3-5-sonnet", "llama-3-8b")
 

@@ -9,6 +9,7 @@ when the value came from one), never showing a password.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -24,7 +25,7 @@ __all__ = ["ENV_PREFIX", "WriterConfig", "redact_dsn", "redact_text"]
 ENV_PREFIX: Final = "TRACEWRITER_"
 _MASK: Final = "***"
 
-_Kind = Literal["dsn", "float", "int", "bool", "str"]
+_Kind = Literal["dsn", "float", "int", "bool", "str", "prices"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True, repr=False)
@@ -58,6 +59,12 @@ class WriterConfig:
         provider_name: the name under which this writer reports in provider_sync_status.
         copy_yield_rows: rows encoded between yields to the event loop during a COPY.
         dead_letter_max_chars: characters of a refused row kept in the dead-letter table.
+        price_calls: compute ``spans.cost_usd`` for LLM calls (from ``prices``, else from
+            genai-prices when the extra ``tracewriter[cost]`` is installed).
+        prices: your prices per model, which win over genai-prices: ``{"model" or
+            "provider/model": {"input": ..., "output": ..., "cached_input": ...,
+            "reasoning": ...}}`` in USD per million tokens; from the environment as JSON
+            (``TRACEWRITER_PRICES``).
     """
 
     dsn: str | None = None
@@ -78,6 +85,8 @@ class WriterConfig:
     provider_name: str = "postgres"
     copy_yield_rows: int = 256
     dead_letter_max_chars: int = 100_000
+    price_calls: bool = True
+    prices: Mapping[str, Mapping[str, object]] | None = None
 
     def __repr__(self) -> str:
         parts = (
@@ -198,6 +207,18 @@ def _always(value: Any) -> bool:
     return True
 
 
+def _valid_prices(value: Any) -> bool:
+    if value is None:
+        return True
+    from tracewriter._cost import CostCalculator  # noqa: PLC0415 - only when prices are set
+
+    try:
+        CostCalculator(prices=value, use_genai_prices=False)
+    except (ConfigurationError, TypeError, AttributeError):
+        return False
+    return True
+
+
 # name -> (kind, what it expects, check once the kind is right); in field order.
 _RULES: Final[dict[str, tuple[_Kind, str, Callable[[Any], bool]]]] = {
     "dsn": (
@@ -222,6 +243,13 @@ _RULES: Final[dict[str, tuple[_Kind, str, Callable[[Any], bool]]]] = {
     "provider_name": ("str", "a non-empty string", lambda v: bool(v.strip())),
     "copy_yield_rows": ("int", "an integer >= 1", _positive),
     "dead_letter_max_chars": ("int", "an integer >= 1", _positive),
+    "price_calls": ("bool", "a boolean (1/0, true/false, yes/no, on/off)", _always),
+    "prices": (
+        "prices",
+        'None or {"model": {"input": USD per M tokens, "output": ..., "cached_input": ..., '
+        '"reasoning": ...}} (JSON in the environment)',
+        _valid_prices,
+    ),
 }
 
 
@@ -236,6 +264,8 @@ def _has_kind(kind: _Kind, value: Any) -> bool:
         return isinstance(value, bool)
     if kind == "dsn":
         return value is None or isinstance(value, str)
+    if kind == "prices":
+        return value is None or isinstance(value, Mapping)
     return isinstance(value, str)
 
 
@@ -257,6 +287,11 @@ def _parse(kind: _Kind, raw: str, label: str, expected: str) -> Any:
         raise ConfigurationError(f"{label}: expected {expected}, got {raw!r}")
     if kind == "dsn":
         return raw.strip()
+    if kind == "prices":
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise ConfigurationError(f"{label}: expected {expected}, got {raw!r}") from None
     return text
 
 

@@ -25,8 +25,16 @@ from typing import Final
 
 from tracewriter._assembler import Assembler, Pending
 from tracewriter._buffer import Buffer
+from tracewriter._cost import CostCalculator
 from tracewriter._logging import RateLimitedLog, get_logger
-from tracewriter._records import EventTuple, InvalidEvent, Row, build, clean_text
+from tracewriter._records import (
+    EventTuple,
+    InvalidEvent,
+    Row,
+    build,
+    clean_text,
+    priced_builders,
+)
 from tracewriter._rollup import Rollup
 from tracewriter._sink import (
     DeadLetter,
@@ -75,6 +83,8 @@ class FlusherStats:
     consecutive_failures: int = 0
     internal_errors: int = 0
     held_open: int = 0
+    calls_priced: int = 0
+    calls_unpriced: int = 0
 
 
 class _Batch:
@@ -114,12 +124,22 @@ class Flusher:
         settings: FlusherSettings,
         *,
         clock: Callable[[], float] = time.monotonic,
+        cost: CostCalculator | None = None,
     ) -> None:
         self._buffer = buffer
         self._sink = sink
         self._settings = settings
         self._clock = clock
-        self._assembler = Assembler(open_row_grace=settings.open_row_grace, build=build)
+        # LLM calls are priced where their rows are built; the calculator counts what it
+        # could not price (stats() reports it).
+        self.cost = cost
+        if cost is None:
+            self._assembler = Assembler(open_row_grace=settings.open_row_grace, build=build)
+        else:
+            build_priced, builders = priced_builders(cost, build)
+            self._assembler = Assembler(
+                open_row_grace=settings.open_row_grace, build=build_priced, builders=builders
+            )
         self._inserts: dict[str, list[_Batch]] = {}
         self._ends: dict[str, list[_Batch]] = {}
         self._metric_batches: list[tuple[str, list[Row]]] = []
@@ -151,10 +171,13 @@ class Flusher:
 
     def stats(self) -> FlusherStats:
         """A copy of the counters of flushes, retries and errors, with what is held open now."""
+        cost = self.cost
         return dataclasses.replace(
             self._stats,
             rows_written=dict(self._stats.rows_written),
             held_open=self._assembler.held,
+            calls_priced=0 if cost is None else cost.stats.priced,
+            calls_unpriced=0 if cost is None else cost.stats.unpriced,
         )
 
     def note_task_died(self) -> None:

@@ -53,6 +53,11 @@ SPAN_COLUMNS: Final = (
     "session_id",
     "kb_id",
     "metadata",
+    # the cost of an LLM call (migration 0004), priced when the row is built; last, so that a
+    # row is priced by replacing its tail
+    "cost_usd",
+    "price_source",
+    "price_version",
 )
 
 CHAT_COLUMNS: Final = (
@@ -99,6 +104,7 @@ METRIC_COLUMNS: Final = (
     "min",
     "max",
     "histogram",
+    "sketch",
 )
 
 COLUMNS: Final[dict[str, tuple[str, ...]]] = {
@@ -124,6 +130,9 @@ END_FILL_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
         "output_tokens",
         "cached_input_tokens",
         "reasoning_tokens",
+        "cost_usd",
+        "price_source",
+        "price_version",
     ),
 }
 
