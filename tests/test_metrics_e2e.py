@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import random
 from decimal import Decimal
 
@@ -9,6 +11,7 @@ import asyncpg
 import pytest
 
 from tracewriter import ObservabilityService
+from tracewriter.cli import main
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -21,12 +24,13 @@ IN_HOUSE = "in-house-llm"
 
 
 async def test_written_calls_read_back_within_two_percent_and_priced_as_genai_prices(
-    db_dsn: str, pool: asyncpg.Pool
+    db_dsn: str, pool: asyncpg.Pool, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """3,000 calls with log-normal latencies and heavy-tailed token counts: the roll-ups'
-    p50/p95/p99 per model are within 2 % of percentile_disc over the spans, each call's cost is
-    genai-prices' own (or the configured price), an unknown model's is NULL and counted, and
-    cost rolls up per model."""
+    p50/p95/p99 per model, from the SQL function and from `tracewriter stats --format json`,
+    are within 2 % of percentile_disc over the spans; each call's cost is genai-prices' own
+    (or the configured price), an unknown model's is NULL and counted, and cost rolls up per
+    model into the stats."""
     rng = random.Random(15)
     async with ObservabilityService(
         db_dsn,
@@ -130,6 +134,33 @@ async def test_written_calls_read_back_within_two_percent_and_priced_as_genai_pr
     assert set(rolled) == set(totals)
     for model, total in totals.items():
         assert rolled[model] == pytest.approx(float(total), rel=1e-9)
+
+    # The same figures through the command line.
+    capsys.readouterr()
+    assert (
+        await asyncio.to_thread(
+            main, ["stats", "--since", "1h", "--dsn", db_dsn, "--format", "json"]
+        )
+        == 0
+    )
+    models = {m["model"]: m for m in json.loads(capsys.readouterr().out)["models"]}
+    async with pool.acquire() as conn:
+        exact = await conn.fetch(
+            "SELECT model, percentile_disc(0.5) WITHIN GROUP (ORDER BY duration_ms) AS p50_ms, "
+            "percentile_disc(0.95) WITHIN GROUP (ORDER BY duration_ms) AS p95_ms, "
+            "percentile_disc(0.99) WITHIN GROUP (ORDER BY duration_ms) AS p99_ms "
+            "FROM observability.spans GROUP BY model"
+        )
+    assert len(models) == len(exact) == 5
+    for want in exact:
+        got = models[want["model"]]
+        assert got["calls"] == 600
+        for p in ("p50_ms", "p95_ms", "p99_ms"):
+            assert abs(got[p] - want[p]) <= 0.02 * want[p], (want["model"], p)
+        if want["model"] == UNKNOWN[0]:
+            assert got["cost_usd"] is None
+        else:
+            assert got["cost_usd"] == pytest.approx(float(totals[want["model"]]), rel=1e-9)
 
 
 async def test_a_streamed_call_priced_at_its_end_fills_its_open_row(

@@ -512,13 +512,15 @@ class _Simulation:
         if model.caches and not error and rng.random() < 0.5:
             cached = min(input_tokens, 1024 * rng.randint(1, 3))
         reasoning = int(output_tokens * rng.uniform(1.5, 4.0)) if model.reasons else None
+        # As OpenTelemetry counts them (and OpenAI bills them): output includes the reasoning.
+        billed_output = output_tokens + (reasoning or 0)
         message = rng.choice(_LLM_ERRORS) if error else None
         self.rec.llm(
             ctx,
             model=model.name,
             provider=model.provider,
             input_tokens=input_tokens,
-            output_tokens=output_tokens,
+            output_tokens=billed_output,
             cached_input_tokens=cached,
             reasoning_tokens=reasoning,
             duration_ms=duration,

@@ -85,12 +85,26 @@ _WINDOW: Final = """
 AND ($2::text IS NULL OR starts_with(kb_id, $2::text))
 """
 
-# Percentiles are clamped to the largest value seen: a bucket's upper bound can exceed it.
+
+# A percentile comes from the merged 1 % sketches (migration 0004), clamped to the smallest and
+# largest value seen (a bucket's value can lie just outside them); a window whose rows all
+# predate the sketch falls back to the √2 histogram's bucket bound, clamped to the largest.
+def _percentile(q: str) -> str:
+    return (
+        f"coalesce(greatest(least(observability.sketch_quantile(sk, {q}), max_ms), min_ms), "
+        f"least(observability.histogram_quantile(hist, {q}), max_ms))"
+    )
+
+
+_PERCENTILES: Final = ", ".join(
+    f"{_percentile(q)} AS {name}" for q, name in (("0.5", "p50_ms"), ("0.95", "p95_ms"),
+                                                  ("0.99", "p99_ms"))
+)  # fmt: skip
+
+# cost_usd: the sum of the priced calls' cost (NULL when none of them was priced).
 MODEL_STATS_SQL: Final = f"""
-SELECT model, calls, errors, input_tokens, output_tokens, avg_ms,
-       least(observability.histogram_quantile(hist, 0.5), max_ms) AS p50_ms,
-       least(observability.histogram_quantile(hist, 0.95), max_ms) AS p95_ms,
-       least(observability.histogram_quantile(hist, 0.99), max_ms) AS p99_ms,
+SELECT model, calls, errors, input_tokens, output_tokens, cost_usd, avg_ms,
+       {_PERCENTILES},
        max_ms
 FROM (
     SELECT model,
@@ -101,13 +115,17 @@ FROM (
                AS input_tokens,
            coalesce(sum(sum) FILTER (WHERE metric = 'llm.output_tokens'), 0)::bigint
                AS output_tokens,
+           sum(sum) FILTER (WHERE metric = 'llm.cost_usd') AS cost_usd,
            sum(sum) FILTER (WHERE metric = 'span.duration_ms')
                / nullif(sum(count) FILTER (WHERE metric = 'span.duration_ms'), 0) AS avg_ms,
+           observability.sketch_merge(sketch) FILTER (WHERE metric = 'span.duration_ms') AS sk,
            observability.histogram_sum(histogram) FILTER (WHERE metric = 'span.duration_ms')
                AS hist,
+           min(min) FILTER (WHERE metric = 'span.duration_ms') AS min_ms,
            max(max) FILTER (WHERE metric = 'span.duration_ms') AS max_ms
     FROM observability.metrics_aggregates
-    WHERE metric IN ('span.duration_ms', 'llm.input_tokens', 'llm.output_tokens')
+    WHERE metric IN ('span.duration_ms', 'llm.input_tokens', 'llm.output_tokens',
+                     'llm.cost_usd')
       AND model <> ''
       AND {_WINDOW}
     GROUP BY model
@@ -119,16 +137,16 @@ ORDER BY calls DESC, model
 # the same dimension column.
 _LATENCY_BY_TYPE: Final = f"""
 SELECT key, calls, errors, avg_ms,
-       least(observability.histogram_quantile(hist, 0.5), max_ms) AS p50_ms,
-       least(observability.histogram_quantile(hist, 0.95), max_ms) AS p95_ms,
-       least(observability.histogram_quantile(hist, 0.99), max_ms) AS p99_ms,
+       {_PERCENTILES},
        max_ms
 FROM (
     SELECT span_type AS key,
            sum(count)::bigint AS calls,
            coalesce(sum(count) FILTER (WHERE status = 'error'), 0)::bigint AS errors,
            sum(sum) / nullif(sum(count), 0) AS avg_ms,
+           observability.sketch_merge(sketch) AS sk,
            observability.histogram_sum(histogram) AS hist,
+           min(min) AS min_ms,
            max(max) AS max_ms
     FROM observability.metrics_aggregates
     WHERE metric = $3
@@ -314,8 +332,10 @@ class LatencyRow:
     """Calls and latency of one model, span type or document stage over the window.
 
     ``key`` is the model, span type or document stage (None where the roll-up had none).
-    Percentiles are read from the log-scale histogram: each is the upper bound of the bucket
-    holding it, so it overstates the exact value by at most a factor of √2.
+    Percentiles are read from the merged sketches: within 1 % of the exact value of the same
+    rank (``percentile_disc``), clamped to the window's smallest and largest value. A window
+    written entirely before migration 0004 falls back to the √2 histogram's bucket bounds.
+    ``cost_usd`` (models only) sums the calls that could be priced; None if none could.
     """
 
     key: str | None
@@ -328,6 +348,7 @@ class LatencyRow:
     max_ms: float | None
     input_tokens: int = 0
     output_tokens: int = 0
+    cost_usd: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,6 +378,7 @@ def _latency(r: Mapping[str, Any], key: str) -> LatencyRow:
         max_ms=r["max_ms"],
         input_tokens=r.get("input_tokens", 0),
         output_tokens=r.get("output_tokens", 0),
+        cost_usd=r.get("cost_usd"),
     )
 
 
@@ -426,7 +448,11 @@ def as_json(data: TraceTree | Stats) -> dict[str, Any]:
         for r in getattr(data, table):
             row = {key: r.key, "calls": r.calls, "errors": r.errors}
             if tokens:
-                row |= {"input_tokens": r.input_tokens, "output_tokens": r.output_tokens}
+                row |= {
+                    "input_tokens": r.input_tokens,
+                    "output_tokens": r.output_tokens,
+                    "cost_usd": r.cost_usd,
+                }
             row |= {
                 "avg_ms": r.avg_ms, "p50_ms": r.p50_ms, "p95_ms": r.p95_ms,
                 "p99_ms": r.p99_ms, "max_ms": r.max_ms,
