@@ -205,6 +205,8 @@ async def test_stats_reads_calls_tokens_and_percentiles_per_model(
     assert a.p50_ms == sketched(200.0) == pytest.approx(200.0, rel=0.01) and a.max_ms == 400.0
     assert a.p99_ms == min(sketched(400.0), 400.0)  # clamped to the largest value seen
     assert a.cost_usd is None  # model-a has no price anywhere
+    [kb] = stats.knowledge_bases  # every call was made in kb-s
+    assert (kb.key, kb.calls, kb.errors, kb.input_tokens, kb.cost_usd) == ("kb-s", 4, 1, 6007, None)
     assert (b.key, b.calls, b.errors, b.input_tokens) == ("model-b", 1, 1, 7)
     by_type = {r.key: r for r in stats.span_types}
     assert by_type["llm"].calls == 4 and by_type["llm"].errors == 1
@@ -320,7 +322,9 @@ async def test_stats_as_json_carries_the_same_figures_as_the_tables(
     out, err = capsys.readouterr()
     assert err == ""
     data = json.loads(out)
-    assert list(data) == ["since_seconds", "models", "span_types", "document_stages"]
+    assert list(data) == [
+        "since_seconds", "models", "knowledge_bases", "span_types", "document_stages"
+    ]  # fmt: skip
     assert data["since_seconds"] == 5400
     a, b = data["models"]
     assert list(a) == [
@@ -334,6 +338,11 @@ async def test_stats_as_json_carries_the_same_figures_as_the_tables(
         sketched(200.0), min(sketched(400.0), 400.0), 400.0
     )  # fmt: skip
     assert a["cost_usd"] is None
+    [kb] = data["knowledge_bases"]
+    assert list(kb) == [
+        "kb_id", "calls", "errors", "input_tokens", "output_tokens", "cost_usd", *LATENCY_KEYS
+    ]  # fmt: skip
+    assert (kb["kb_id"], kb["calls"], kb["input_tokens"]) == ("kb-s", 4, 6007)
     assert (b["model"], b["calls"], b["errors"]) == ("model-b", 1, 1)
     types = {r["span_type"]: r for r in data["span_types"]}
     assert all(

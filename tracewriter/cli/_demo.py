@@ -815,10 +815,16 @@ async def run_demo(
         console.rule("[bold]One request, read back from the database[/]", align="left")
         console.print(render_trace(tree, width=console.width))
         console.print()
-    console.rule("[bold]LLM calls by model, from metrics_aggregates[/]", align="left")
+    console.rule("[bold]LLM calls by model and knowledge base, from metrics_aggregates[/]",
+                 align="left")  # fmt: skip
     console.print(
         render_stats(
-            _query.Stats(since=model_stats.since, models=model_stats.models), window="this run"
+            _query.Stats(
+                since=model_stats.since,
+                models=model_stats.models,
+                knowledge_bases=model_stats.knowledge_bases,
+            ),
+            window="this run",
         )
         if model_stats.models
         else Text("no LLM calls recorded", style="yellow")

@@ -101,13 +101,16 @@ _PERCENTILES: Final = ", ".join(
                                                   ("0.99", "p99_ms"))
 )  # fmt: skip
 
+
+# LLM calls (rows with a model) grouped by ``key``: the model, or the knowledge base.
 # cost_usd: the sum of the priced calls' cost (NULL when none of them was priced).
-MODEL_STATS_SQL: Final = f"""
-SELECT model, calls, errors, input_tokens, output_tokens, cost_usd, avg_ms,
+def _llm_stats(key: str) -> str:
+    return f"""
+SELECT key, calls, errors, input_tokens, output_tokens, cost_usd, avg_ms,
        {_PERCENTILES},
        max_ms
 FROM (
-    SELECT model,
+    SELECT {key} AS key,
            coalesce(sum(count) FILTER (WHERE metric = 'span.duration_ms'), 0)::bigint AS calls,
            coalesce(sum(count) FILTER (WHERE metric = 'span.duration_ms'
                                          AND status = 'error'), 0)::bigint AS errors,
@@ -128,10 +131,14 @@ FROM (
                      'llm.cost_usd')
       AND model <> ''
       AND {_WINDOW}
-    GROUP BY model
+    GROUP BY 1
 ) AS m
-ORDER BY calls DESC, model
+ORDER BY calls DESC, key
 """
+
+
+MODEL_STATS_SQL: Final = _llm_stats("model")
+KB_STATS_SQL: Final = _llm_stats("nullif(kb_id, '')")
 
 # span.duration_ms rows carry the span type; document.duration_ms rows carry the event type in
 # the same dimension column.
@@ -353,10 +360,12 @@ class LatencyRow:
 
 @dataclass(frozen=True, slots=True)
 class Stats:
-    """The per-model, per-span-type and per-document-stage tables over ``since``."""
+    """The per-model, per-knowledge-base (LLM calls), per-span-type and per-document-stage
+    tables over ``since``."""
 
     since: _dt.timedelta
     models: list[LatencyRow] = field(default_factory=list)
+    knowledge_bases: list[LatencyRow] = field(default_factory=list)
     span_types: list[LatencyRow] = field(default_factory=list)
     document_stages: list[LatencyRow] = field(default_factory=list)
 
@@ -385,16 +394,19 @@ def _latency(r: Mapping[str, Any], key: str) -> LatencyRow:
 async def fetch_stats(
     conn: asyncpg.Connection, dsn: str, since: _dt.timedelta, *, kb_prefix: str | None = None
 ) -> Stats:
-    """Per-model, per-span-type and per-document-stage figures of the last ``since``.
+    """Per-model, per-knowledge-base, per-span-type and per-document-stage figures of the
+    last ``since``.
 
     ``kb_prefix`` keeps only the roll-ups whose kb_id starts with it (the demo's own run).
     """
     models = await _fetch(conn, dsn, MODEL_STATS_SQL, since, kb_prefix)
+    kbs = await _fetch(conn, dsn, KB_STATS_SQL, since, kb_prefix)
     types = await _fetch(conn, dsn, SPAN_TYPE_STATS_SQL, since, kb_prefix, SPAN_TYPE_METRIC)
     stages = await _fetch(conn, dsn, SPAN_TYPE_STATS_SQL, since, kb_prefix, DOCUMENT_METRIC)
     return Stats(
         since=since,
-        models=[_latency(dict(r), "model") for r in models],
+        models=[_latency(dict(r), "key") for r in models],
+        knowledge_bases=[_latency(dict(r), "key") for r in kbs],
         span_types=[_latency(dict(r), "key") for r in types],
         document_stages=[_latency(dict(r), "key") for r in stages],
     )
@@ -420,6 +432,7 @@ async def count_rows(
 # The name each stats table gives its rows' key, and whether its rows carry token sums.
 _STATS_TABLES: Final = (
     ("models", "model", True),
+    ("knowledge_bases", "kb_id", True),
     ("span_types", "span_type", False),
     ("document_stages", "event_type", False),
 )

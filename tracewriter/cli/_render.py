@@ -313,6 +313,11 @@ def render_stats(stats: Stats, *, window: str | None = None) -> RenderableType:
             _latency_table(f"LLM calls by model ({window})", "model", stats.models,
                            tokens=True)
         )  # fmt: skip
+    if stats.knowledge_bases:
+        parts.append(
+            _latency_table(f"LLM calls by knowledge base ({window})", "knowledge base",
+                           stats.knowledge_bases, tokens=True)
+        )  # fmt: skip
     if stats.span_types:
         parts.append(
             _latency_table(f"Spans by type ({window})", "span type", stats.span_types,
