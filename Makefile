@@ -7,7 +7,7 @@ STAMP_DEV := $(VENV)/.stamp-dev
 STAMP_DEMO := $(VENV)/.stamp-demo
 STAMP_BENCH := $(VENV)/.stamp-bench
 
-.PHONY: test test-fast demo bench lint clean
+.PHONY: test test-fast demo bench bench-citus lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ demo: $(STAMP_DEMO)
 ## make bench: the benchmark suite; writes benchmarks/RESULTS.md
 bench: $(STAMP_BENCH)
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+## make bench-citus: COPY and the writer through a Citus coordinator (TRACEWRITER_CITUS_DSN) vs a local table
+bench-citus: $(STAMP_BENCH)
+	$(BIN)/python -m benchmarks.citus $(BENCH_ARGS)
 
 lint: $(STAMP_DEV)
 	$(BIN)/ruff check .

@@ -20,6 +20,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 
+import _citus
 import asyncpg
 import pytest
 from hypothesis import settings as hypothesis_settings
@@ -71,23 +72,15 @@ MigratedDatabase = Callable[[str], contextlib.AbstractContextManager[str]]
 def migrated_database(server_dsn: str) -> MigratedDatabase:
     """``with migrated_database(prefix) as dsn``: a fresh, migrated database, dropped after."""
 
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(server_dsn)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
     @contextlib.contextmanager
     def create(prefix: str) -> Iterator[str]:
         name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
         try:
-            dsn = _with_database(server_dsn, name)
+            dsn = _citus.create_database(server_dsn, name)  # distributed on a Citus cluster
             apply_migrations(dsn)
             yield dsn
         finally:
-            asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            _citus.drop_database(server_dsn, name)
 
     return create
 
@@ -105,9 +98,7 @@ async def pool(db_dsn: str) -> AsyncIterator[asyncpg.Pool]:
     p = await asyncpg.create_pool(db_dsn, min_size=1, max_size=4)
     assert p is not None
     async with p.acquire() as conn:
-        await conn.execute(
-            "TRUNCATE " + ", ".join(f"observability.{t}" for t in TABLES) + " CASCADE"
-        )
+        await _citus.empty_tables(conn, TABLES)
     try:
         yield p
     finally:

@@ -273,3 +273,21 @@ async def test_rows_held_for_a_retry_are_invisible_to_the_cycle_collector() -> N
     await svc.close()
     stats = provider.stats()
     assert stats.balances() and stats.written == 350
+
+
+def test_a_literal_backslash_u0000_is_not_taken_for_a_nul_character() -> None:
+    """Only a real NUL sends metadata down the thorough (depth-limited) path; the six
+    characters backslash-u-0-0-0-0 in a key are stored as they are, however deep the rest."""
+    deep: dict[str, object] = {"leaf": "bottom"}
+    for i in range(64):
+        deep = {f"level{i}": deep}
+    literal = {"\\u0000": None, **deep}
+    assert json.loads(records.encode_metadata(literal) or "") == literal
+    assert "\\u0000" not in (records.encode_metadata({"nul\x00": "a\x00b"}) or "")
+
+
+def test_integers_past_64_bits_are_decoded_exactly() -> None:
+    """Metadata decoded for a provider or a redactor keeps integers past 64 bits exact."""
+    text = records.encode_metadata({"huge": 2**80, "neg": -(2**70), "small": 3})
+    assert records.decode_json(text or "") == {"huge": 2**80, "neg": -(2**70), "small": 3}
+    assert records.event_metadata(text) == {"huge": 2**80, "neg": -(2**70), "small": 3}

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
+import _citus
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -135,6 +136,41 @@ def test_rolling_back_the_sketch_derives_histograms_and_drops_the_new_columns(
     assert row[0] == [1, 0, 0, 0, 2] + [0] * 15 + [1] + [0] * 19
     assert columns == (0,)
     assert apply_migrations(empty_db) == sketch_and_after
+
+
+@pytest.fixture
+def own_db(server_dsn: str) -> Iterator[str]:
+    """An empty database of this test's own (distributed on a Citus cluster), dropped after."""
+    name = f"tw_migrate_{uuid.uuid4().hex[:12]}"
+    try:
+        yield _citus.create_database(server_dsn, name)
+    finally:
+        _citus.drop_database(server_dsn, name)
+
+
+def test_trace_keys_give_rows_without_a_trace_their_own_row_id(own_db: str) -> None:
+    """0005 keys the trace tables by (trace_id, id, timestamp) after giving every chat message
+    and document event stored without a trace id its row id in hex, so that none is refused by
+    the key (or, on Citus, by the distribution)."""
+    apply_migrations(own_db)
+    assert rollback_migrations(own_db, count=1) == ["0005.trace_keys"]
+    with psycopg.connect(own_db) as conn:
+        conn.execute(
+            'INSERT INTO observability.chat_messages (id, "timestamp", role, content, '
+            "content_preview) VALUES (gen_random_uuid(), now(), 'user', 'c', 'c')"
+        )
+        conn.execute(
+            'INSERT INTO observability.document_events (id, "timestamp", kb_id, document_id, '
+            "event_type, status) VALUES (gen_random_uuid(), now(), 'kb', 'd', 'embed', 'ok')"
+        )
+    assert apply_migrations(own_db) == ["0005.trace_keys"]
+    with psycopg.connect(own_db) as conn:
+        rows = conn.execute(
+            "SELECT trace_id = replace(id::text, '-', '') FROM observability.chat_messages "
+            "UNION ALL "
+            "SELECT trace_id = replace(id::text, '-', '') FROM observability.document_events"
+        ).fetchall()
+    assert rows == [(True,), (True,)]
 
 
 def test_rollback_refuses_a_negative_count(db_dsn: str) -> None:

@@ -27,6 +27,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from opentelemetry.sdk.trace import TracerProvider
 
 from tracewriter import Event, EventKind, ObservabilityService, TraceContext
+from tracewriter._policy import is_sampled
 from tracewriter.errors import ConfigurationError
 from tracewriter.otel import TracewriterSpanProcessor
 from tracewriter.otlp import OtlpProvider, event_metadata
@@ -476,3 +477,39 @@ def test_any_event_sequence_keeps_the_ledger_balanced(events: list[Event], max_o
         assert after.internal_errors == 0, after.last_error
 
     asyncio.run(scenario())
+
+
+async def test_the_export_is_redacted_and_sampled_as_postgresql_is(receiver: Receiver) -> None:
+    """With the service's redaction and sampling, no secret reaches the collector, a sampled-out
+    trace is not exported but counted as sampled_out, and an error in it still is."""
+    email, key = "jo.doe@example.com", "sk-proj-" + "A1b2C3d4" * 5
+    otlp = _otlp(receiver.url)
+    svc = ObservabilityService(providers=[otlp], redact="all", sample_rate=0.5)
+    async with svc:
+        kept = dropped = None
+        while kept is None or dropped is None:  # one trace of each sampling decision
+            ctx = TraceContext.new_root()
+            if is_sampled(ctx.trace_id, 0.5):
+                kept = kept or ctx
+            else:
+                dropped = dropped or ctx
+        svc.log_chat_message(kept, role="user", content=f"mail {email}, key {key}")
+        svc.log_llm_call(
+            kept, model="m", duration_ms=1.0, error_message=f"bad key {key}", status="error",
+            metadata={"deep": [{"who": email}]},
+        )  # fmt: skip
+        svc.log_llm_call(dropped, model="m", duration_ms=1.0)
+        svc.log_llm_call(dropped, model="m", duration_ms=1.0, status="error", name="failed")
+        assert await svc.flush(timeout=10)
+    stats = otlp.stats()
+    assert stats.balances(), stats
+    assert stats.sampled_out == 1 and stats.sent == 3, stats
+    exported = [s for _, s in receiver.spans]
+    assert {_hex(s.trace_id) for s in exported} == {kept.trace_id, dropped.trace_id}
+    assert [s.name for s in exported if _hex(s.trace_id) == dropped.trace_id] == ["failed"]
+    wire = b"".join(s.SerializeToString() for s in exported) + b"".join(
+        r.SerializeToString() for r in receiver.logs
+    )
+    for secret in (email, key, key[8:20]):
+        assert secret.encode() not in wire
+    assert b"[email]" in wire and b"[api_key]" in wire

@@ -180,7 +180,7 @@ async def test_writer_upserts_end_rows_metrics_and_provider_status(
     end_upsert = (
         'INSERT INTO observability.spans AS t (id, "timestamp", trace_id, span_id, status, '
         "duration_ms, metadata) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb) "
-        'ON CONFLICT (id, "timestamp") DO UPDATE SET status = EXCLUDED.status, '
+        'ON CONFLICT (trace_id, id, "timestamp") DO UPDATE SET status = EXCLUDED.status, '
         "duration_ms = EXCLUDED.duration_ms, metadata = CASE WHEN EXCLUDED.metadata IS NULL "
         "THEN t.metadata ELSE coalesce(t.metadata, '{}') || EXCLUDED.metadata END"
     )
@@ -280,8 +280,8 @@ async def test_writer_upserts_sketches_and_writes_costs(writer: asyncpg.Connecti
 async def test_writer_stages_through_a_temp_table(writer: asyncpg.Connection) -> None:
     """The retry-safe path — COPY into a temp table LIKE the target, then INSERT … SELECT … ON
     CONFLICT DO NOTHING — works for the writer, and a replayed batch adds nothing."""
-    rows = [(uuid.uuid4(), datetime.now(UTC), "user", "again", "again") for _ in range(2)]
-    columns = ["id", "timestamp", "role", "content", "content_preview"]
+    rows = [(uuid.uuid4(), datetime.now(UTC), TRACE_ID, "user", "again", "again") for _ in range(2)]
+    columns = ["id", "timestamp", "trace_id", "role", "content", "content_preview"]
     for _ in range(2):
         async with writer.transaction():
             await writer.execute(
@@ -292,9 +292,9 @@ async def test_writer_stages_through_a_temp_table(writer: asyncpg.Connection) ->
                 "tw_stage_chat_messages", columns=columns, records=rows
             )
             await writer.execute(
-                'INSERT INTO observability.chat_messages (id, "timestamp", role, content, '
-                'content_preview) SELECT id, "timestamp", role, content, content_preview '
-                "FROM tw_stage_chat_messages ON CONFLICT DO NOTHING"
+                'INSERT INTO observability.chat_messages (id, "timestamp", trace_id, role, '
+                'content, content_preview) SELECT id, "timestamp", trace_id, role, content, '
+                "content_preview FROM tw_stage_chat_messages ON CONFLICT DO NOTHING"
             )
     stored = await writer.fetchval(
         "SELECT count(*) FROM observability.chat_messages WHERE id = ANY($1::uuid[])",

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, date, datetime, timedelta
 from urllib.parse import urlsplit, urlunsplit
 
+import _citus
 import asyncpg
 import psycopg
 import pytest
@@ -147,8 +148,16 @@ COLUMNS: dict[str, list[tuple[str, str, bool]]] = {
     ],
 }
 
+# The four trace tables are keyed by trace_id first (sql/0005.trace_keys.sql): Citus distributes
+# them by it. chat_messages and document_events hold theirs as a UNIQUE key until their trace_id
+# may be made NOT NULL; metrics_aggregates, never distributed, keeps (id, "timestamp").
+TRACE_KEY = ["trace_id", "id", "timestamp"]
 PRIMARY_KEYS = {
-    **{table: ["id", "timestamp"] for table in TIME_PARTITIONED},
+    "traces": TRACE_KEY,
+    "spans": TRACE_KEY,
+    "chat_messages": TRACE_KEY,
+    "document_events": TRACE_KEY,
+    "metrics_aggregates": ["id", "timestamp"],
     "provider_sync_status": ["provider"],
     "dead_letters": ["id"],
     "applied_batches": ["batch_id"],
@@ -236,8 +245,7 @@ def create_migrated_database(server_dsn: str, prefix: str, *, partitioning: str 
     path is tested on a TimescaleDB server too; empty lets the migration decide.
     """
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    admin(server_dsn, f'CREATE DATABASE "{name}"')
-    dsn = with_database(server_dsn, name)
+    dsn = _citus.create_database(server_dsn, name)  # distributed on a Citus cluster
     try:
         if partitioning:
             forced = make_conninfo(dsn, options=f"-c tracewriter.partitioning={partitioning}")
@@ -252,8 +260,7 @@ def create_migrated_database(server_dsn: str, prefix: str, *, partitioning: str 
 
 def drop_database(server_dsn: str, dsn: str) -> None:
     """Drop the database ``dsn`` names, disconnecting anyone still on it."""
-    name = urlsplit(dsn).path.lstrip("/")
-    admin(server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    _citus.drop_database(server_dsn, urlsplit(dsn).path.lstrip("/"))
 
 
 @pytest.fixture
@@ -274,6 +281,12 @@ def native_module_db(server_dsn: str) -> Iterator[str]:
         yield dsn
     finally:
         drop_database(server_dsn, dsn)
+
+
+def partition_of(relation: str) -> str:
+    """The partition a row's ``tableoid::regclass`` names: on Citus the query runs on a worker
+    and names the partition's shard (``traces_p20261130_102022``); drop the shard id."""
+    return re.sub(r"_\d+$", "", relation)
 
 
 async def connect_native(dsn: str) -> asyncpg.Connection:
@@ -409,14 +422,15 @@ async def test_defaults_are_as_designed(pool: asyncpg.Pool) -> None:
 
 
 async def test_primary_keys_are_as_designed(pool: asyncpg.Pool) -> None:
-    """Time-partitioned tables are keyed by (id, "timestamp"); plain tables by their own key."""
+    """Trace tables are keyed by (trace_id, id, "timestamp"), the rest as before, on every path."""
     rows = await pool.fetch(
         "SELECT c.conrelid::regclass::text AS tbl, "
         "array_agg(a.attname ORDER BY k.ord) AS cols "
         "FROM pg_constraint c "
         "CROSS JOIN LATERAL unnest(c.conkey) WITH ORDINALITY AS k(attnum, ord) "
         "JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum "
-        "WHERE c.contype = 'p' AND c.connamespace = 'observability'::regnamespace "
+        "WHERE (c.contype = 'p' OR c.conname LIKE '%\\_trace\\_key') "
+        "AND c.connamespace = 'observability'::regnamespace "
         "AND NOT EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.conrelid) "
         "GROUP BY c.conrelid"
     )
@@ -492,45 +506,54 @@ async def test_id_checks_apply_to_every_table_with_ids(pool: asyncpg.Pool) -> No
                 await conn.execute(sql, *args)
 
 
-async def test_valid_rows_are_accepted_and_nullable_ids_may_be_null(pool: asyncpg.Pool) -> None:
-    """Well-formed ids are accepted, and chat messages and document events need no trace."""
+async def test_valid_rows_are_accepted(pool: asyncpg.Pool) -> None:
+    """Well-formed rows are accepted in every trace table, each under its trace's id."""
     now = datetime.now(UTC)
     async with pool.acquire() as conn:
         await insert_trace(conn, now)
         await conn.execute(
-            'INSERT INTO observability.chat_messages (id, "timestamp", role, content, '
-            "content_preview) VALUES ($1, $2, 'user', $3, $4)",
+            'INSERT INTO observability.chat_messages (id, "timestamp", trace_id, role, content, '
+            "content_preview) VALUES ($1, $2, $3, 'user', $4, $5)",
             uuid.uuid4(),
             now,
+            TRACE_ID,
             "x" * 2000,
             "x" * 500,
         )
         await conn.execute(
-            'INSERT INTO observability.document_events (id, "timestamp", kb_id, document_id, '
-            "event_type, status) VALUES ($1, $2, 'kb', 'doc', 'parse', 'ok')",
+            'INSERT INTO observability.document_events (id, "timestamp", trace_id, kb_id, '
+            "document_id, event_type, status) VALUES ($1, $2, $3, 'kb', 'doc', 'parse', 'ok')",
             uuid.uuid4(),
             now,
+            TRACE_ID,
         )
         status = await conn.fetchval("SELECT status FROM observability.traces")
-    assert status == "open"
+        rows = await conn.fetchval(
+            "SELECT (SELECT count(*) FROM observability.chat_messages WHERE trace_id = $1) "
+            "+ (SELECT count(*) FROM observability.document_events WHERE trace_id = $1)",
+            TRACE_ID,
+        )
+    assert (status, rows) == ("open", 2)
 
 
 async def test_content_preview_over_500_characters_is_refused(pool: asyncpg.Pool) -> None:
     """content_preview holds at most 500 characters (not bytes)."""
     async with pool.acquire() as conn:
         await conn.execute(
-            'INSERT INTO observability.chat_messages (id, "timestamp", role, content, '
-            "content_preview) VALUES ($1, $2, 'user', 'c', $3)",
+            'INSERT INTO observability.chat_messages (id, "timestamp", trace_id, role, content, '
+            "content_preview) VALUES ($1, $2, $3, 'user', 'c', $4)",
             uuid.uuid4(),
             datetime.now(UTC),
+            TRACE_ID,
             "é" * 500,
         )
         with pytest.raises(asyncpg.CheckViolationError):
             await conn.execute(
-                'INSERT INTO observability.chat_messages (id, "timestamp", role, content, '
-                "content_preview) VALUES ($1, $2, 'user', 'c', $3)",
+                'INSERT INTO observability.chat_messages (id, "timestamp", trace_id, role, '
+                "content, content_preview) VALUES ($1, $2, $3, 'user', 'c', $4)",
                 uuid.uuid4(),
                 datetime.now(UTC),
+                TRACE_ID,
                 "x" * 501,
             )
 
@@ -674,7 +697,7 @@ async def test_rows_over_three_days_land_in_three_daily_partitions(
         "WHERE id = ANY($1::uuid[])",
         ids,
     )
-    where = {r["id"]: r["part"] for r in placed}
+    where = {r["id"]: partition_of(r["part"]) for r in placed}
     names = [where[i] for i in ids]
     assert names == [f"observability.traces_p{day:%Y%m%d}" for day in days]
     bound_of = await partitions(native, "traces")
@@ -687,11 +710,19 @@ async def test_rows_over_three_days_land_in_three_daily_partitions(
 async def test_weekly_tables_are_partitioned_by_iso_week(native: asyncpg.Connection) -> None:
     """chat_messages rows land in a 7-day partition starting on Monday 00:00 UTC."""
     ts = noon(utc_day(0))
-    part = await native.fetchval(
-        'INSERT INTO observability.chat_messages (id, "timestamp", role, content, '
-        "content_preview) VALUES ($1, $2, 'user', 'c', 'c') RETURNING tableoid::regclass::text",
-        uuid.uuid4(),
+    row_id = uuid.uuid4()
+    await native.execute(
+        'INSERT INTO observability.chat_messages (id, "timestamp", trace_id, role, content, '
+        "content_preview) VALUES ($1, $2, $3, 'user', 'c', 'c')",
+        row_id,
         ts,
+        TRACE_ID,
+    )
+    part = partition_of(
+        await native.fetchval(
+            "SELECT tableoid::regclass::text FROM observability.chat_messages WHERE id = $1",
+            row_id,
+        )
     )
     monday = ts.date() - timedelta(days=ts.weekday())
     assert part == f"observability.chat_messages_p{monday:%Y%m%d}"
@@ -724,7 +755,7 @@ async def test_a_row_from_ten_years_ago_lands_in_default(native: asyncpg.Connect
     part = await native.fetchval(
         "SELECT tableoid::regclass::text FROM observability.traces WHERE id = $1", row_id
     )
-    assert part == "observability.traces_default"
+    assert partition_of(part) == "observability.traces_default"
 
 
 async def test_ensure_partitions_is_idempotent(native: asyncpg.Connection) -> None:
@@ -775,24 +806,27 @@ async def test_ensure_partitions_moves_rows_out_of_default(
     )
     chat_id = uuid.uuid4()
     await native_private.execute(
-        'INSERT INTO observability.chat_messages (id, "timestamp", role, content, '
-        "content_preview) VALUES ($1, $2, 'user', 'c', 'c')",
+        'INSERT INTO observability.chat_messages (id, "timestamp", trace_id, role, content, '
+        "content_preview) VALUES ($1, $2, $3, 'user', 'c', 'c')",
         chat_id,
         ahead,
+        TRACE_ID,
     )
-    where = "SELECT tableoid::regclass::text FROM observability.{} WHERE id = $1"
-    assert (
-        await native_private.fetchval(where.format("spans"), span_id)
-        == "observability.spans_default"
-    )
+
+    async def where(table: str, row_id: uuid.UUID) -> str:
+        return partition_of(
+            await native_private.fetchval(
+                f"SELECT tableoid::regclass::text FROM observability.{table} WHERE id = $1", row_id
+            )
+        )
+
+    assert await where("spans", span_id) == "observability.spans_default"
 
     assert await native_private.fetchval("SELECT observability.ensure_partitions(0, 25)") > 0
 
     monday = ahead.date() - timedelta(days=ahead.weekday())
-    assert await native_private.fetchval(where.format("spans"), span_id) == (
-        f"observability.spans_p{ahead:%Y%m%d}"
-    )
-    assert await native_private.fetchval(where.format("chat_messages"), chat_id) == (
+    assert await where("spans", span_id) == f"observability.spans_p{ahead:%Y%m%d}"
+    assert await where("chat_messages", chat_id) == (
         f"observability.chat_messages_p{monday:%Y%m%d}"
     )
     assert await native_private.fetchval(

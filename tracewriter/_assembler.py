@@ -101,7 +101,7 @@ class Assembler:
 
     @property
     def held(self) -> int:
-        """Open rows held back, waiting for their end or for the grace to pass."""
+        """Start events held back, waiting for their end or for the grace to pass."""
         return len(self._held)
 
     def pending_events(self) -> int:

@@ -2,8 +2,9 @@
 
 Owns two things that must change together under one lock: the queue of events not yet taken
 by the flusher, and the counters that say what became of every event ever offered. At every
-moment ``enqueued == written + dropped_overflow + dead_lettered + rejected_invalid + buffered +
-in_flight``. It knows nothing of SQL, asyncpg, or what an event contains.
+moment ``enqueued == written + dropped_overflow + dead_lettered + rejected_invalid +
+sampled_out + buffered + in_flight``. It knows nothing of SQL, asyncpg, or what an event
+contains.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class LedgerSnapshot:
     dropped_at_close: int = 0
     dead_lettered: int = 0
     rejected_invalid: int = 0
+    sampled_out: int = 0
     buffered: int = 0
     in_flight: int = 0
 
@@ -42,6 +44,7 @@ class LedgerSnapshot:
             + self.dropped_overflow
             + self.dead_lettered
             + self.rejected_invalid
+            + self.sampled_out
             + self.buffered
             + self.in_flight
         )
@@ -75,6 +78,7 @@ class Buffer:
         self._dropped_at_close = 0
         self._dead_lettered = 0
         self._rejected_invalid = 0
+        self._sampled_out = 0
         self._in_flight = 0
         self._overflow_log = RateLimitedLog(_log, "buffer_overflow")
 
@@ -123,12 +127,18 @@ class Buffer:
         rejected_invalid: int = 0,
         dropped: int = 0,
         dropped_at_close: int = 0,
+        sampled_out: int = 0,
     ) -> None:
         """Record the outcome of in-flight events; each outcome takes them out of flight."""
         written_total = sum(written.values()) if written else 0
         with self._lock:
             self._in_flight -= (
-                written_total + dead_lettered + rejected_invalid + dropped + dropped_at_close
+                written_total
+                + dead_lettered
+                + rejected_invalid
+                + dropped
+                + dropped_at_close
+                + sampled_out
             )
             self._written += written_total
             if written:
@@ -136,6 +146,7 @@ class Buffer:
                     self._written_by_table[table] = self._written_by_table.get(table, 0) + n
             self._dead_lettered += dead_lettered
             self._rejected_invalid += rejected_invalid
+            self._sampled_out += sampled_out
             self._dropped_overflow += dropped + dropped_at_close
             self._dropped_at_close += dropped_at_close
 
@@ -155,6 +166,7 @@ class Buffer:
                 dropped_at_close=self._dropped_at_close,
                 dead_lettered=self._dead_lettered,
                 rejected_invalid=self._rejected_invalid,
+                sampled_out=self._sampled_out,
                 buffered=len(self._items),
                 in_flight=self._in_flight,
             )

@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Final, Literal
 from urllib.parse import unquote
 
+from tracewriter._policy import parse_capture, parse_redact
 from tracewriter.errors import ConfigurationError
 
 __all__ = ["ENV_PREFIX", "WriterConfig", "redact_dsn", "redact_text"]
@@ -25,7 +26,7 @@ __all__ = ["ENV_PREFIX", "WriterConfig", "redact_dsn", "redact_text"]
 ENV_PREFIX: Final = "TRACEWRITER_"
 _MASK: Final = "***"
 
-_Kind = Literal["dsn", "float", "int", "bool", "str", "prices"]
+_Kind = Literal["dsn", "float", "int", "bool", "str", "redact", "prices"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True, repr=False)
@@ -59,6 +60,16 @@ class WriterConfig:
         provider_name: the name under which this writer reports in provider_sync_status.
         copy_yield_rows: rows encoded between yields to the event loop during a COPY.
         dead_letter_max_chars: characters of a refused row kept in the dead-letter table.
+        redact: what is redacted before anything is stored: ``"default"`` (API keys, AWS access
+            keys, bearer tokens, JWTs), ``"all"`` (also e-mail addresses and Luhn-valid card
+            numbers), ``"none"``, a comma list of kinds, or (as a keyword argument) a callable
+            ``(field, text) -> text``, compiled patterns, or a list mixing them.
+        capture_content: chat message text kept: ``full``, ``preview`` (500 characters) or
+            ``none`` (length and SHA-256 in metadata ``content_length``/``content_sha256``).
+        sample_rate: fraction of traces written (0 to 1), a head decision from the trace id;
+            errors are always written and metric roll-ups count every call.
+        sample_follow_parent: when sampling (``sample_rate`` < 1), a trace continued from a
+            ``traceparent`` header is kept or dropped as its sampled flag says.
         price_calls: compute ``spans.cost_usd`` for LLM calls (from ``prices``, else from
             genai-prices when the extra ``tracewriter[cost]`` is installed).
         prices: your prices per model, which win over genai-prices: ``{"model" or
@@ -85,6 +96,10 @@ class WriterConfig:
     provider_name: str = "postgres"
     copy_yield_rows: int = 256
     dead_letter_max_chars: int = 100_000
+    redact: Any = "default"
+    capture_content: str = "full"
+    sample_rate: float = 1.0
+    sample_follow_parent: bool = True
     price_calls: bool = True
     prices: Mapping[str, Mapping[str, object]] | None = None
 
@@ -207,6 +222,22 @@ def _always(value: Any) -> bool:
     return True
 
 
+def _valid_redact(value: Any) -> bool:
+    try:
+        parse_redact(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _valid_capture(value: Any) -> bool:
+    try:
+        parse_capture(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _valid_prices(value: Any) -> bool:
     if value is None:
         return True
@@ -243,6 +274,15 @@ _RULES: Final[dict[str, tuple[_Kind, str, Callable[[Any], bool]]]] = {
     "provider_name": ("str", "a non-empty string", lambda v: bool(v.strip())),
     "copy_yield_rows": ("int", "an integer >= 1", _positive),
     "dead_letter_max_chars": ("int", "an integer >= 1", _positive),
+    "redact": (
+        "redact",
+        "default, all, none, a comma list of email, card, api_key, bearer, jwt, "
+        "or a callable / compiled patterns",
+        _valid_redact,
+    ),
+    "capture_content": ("str", "one of full, preview, none", _valid_capture),
+    "sample_rate": ("float", "a number from 0 to 1", lambda v: 0.0 <= v <= 1.0),
+    "sample_follow_parent": ("bool", "a boolean (1/0, true/false, yes/no, on/off)", _always),
     "price_calls": ("bool", "a boolean (1/0, true/false, yes/no, on/off)", _always),
     "prices": (
         "prices",
@@ -264,6 +304,8 @@ def _has_kind(kind: _Kind, value: Any) -> bool:
         return isinstance(value, bool)
     if kind == "dsn":
         return value is None or isinstance(value, str)
+    if kind == "redact":
+        return True  # the check says what it accepts
     if kind == "prices":
         return value is None or isinstance(value, Mapping)
     return isinstance(value, str)

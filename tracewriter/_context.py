@@ -8,6 +8,7 @@ database, does no I/O, and never raises on bad input: an invalid header gives no
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import re
 from dataclasses import dataclass, field, fields
@@ -37,7 +38,30 @@ _ZERO_SPAN_ID: Final = "0" * 16
 _match_hex32 = re.compile(r"[0-9a-f]{32}").fullmatch
 _match_hex16 = re.compile(r"[0-9a-f]{16}").fullmatch
 # The fixed 55-character prefix shared by every version: version-trace_id-parent_id-flags.
-_match_traceparent = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}").match
+_match_traceparent = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})").match
+
+# The sampled flag of each trace continued from a traceparent header, for the writer's sampling
+# decision (``sample_follow_parent``), which runs later in the background and sees only events.
+# Kept here rather than in TraceContext so that neither the context nor the event layout on the
+# hot path grows a field; bounded, oldest forgotten first.
+_REMOTE_FLAGS: dict[str, bool] = {}
+_REMOTE_FLAGS_MAX: Final = 100_000
+
+
+def _note_remote_flag(trace_id: str, sampled: bool) -> None:
+    flags = _REMOTE_FLAGS
+    if len(flags) >= _REMOTE_FLAGS_MAX:
+        # Another thread may evict at the same moment: then there is nothing to do.
+        with contextlib.suppress(KeyError, RuntimeError, StopIteration):
+            del flags[next(iter(flags))]
+    flags[trace_id] = sampled
+
+
+def remote_sampled_flag(trace_id: str) -> bool | None:
+    """The sampled flag of the traceparent ``trace_id`` was continued from, or None."""
+    return _REMOTE_FLAGS.get(trace_id)
+
+
 _TRACEPARENT_LEN: Final = 55
 # Optional whitespace as RFC 9110 defines it (SP / HTAB). An HTTP stack strips it from field
 # values, and the W3C test suite (test_traceparent_ows_handling) expects a header with leading
@@ -150,7 +174,8 @@ class TraceContext:
 
         Validation follows W3C Trace Context: version two lowercase hex digits, ``ff`` invalid;
         trace id 32 and parent id 16 lowercase hex digits, neither all zeros; flags two lowercase
-        hex digits (their value is not kept: every span is recorded). Version ``00`` must be
+        hex digits (the sampled bit is remembered for the writer's sampling decision, see
+        :func:`remote_sampled_flag`). Version ``00`` must be
         exactly 55 characters; a higher version may be longer provided the flags are followed by
         ``-`` (only its first four fields are read). Leading and trailing spaces and tabs (HTTP
         optional whitespace) are ignored. Anything else, including a value that is not a
@@ -162,12 +187,13 @@ class TraceContext:
         match = _match_traceparent(value)
         if match is None:
             return None
-        version, trace_id, parent_id = match.groups()
+        version, trace_id, parent_id, flags = match.groups()
         # Version 00 is exactly the prefix; a later version may append fields after a "-".
         if len(value) != _TRACEPARENT_LEN and (version == "00" or value[_TRACEPARENT_LEN] != "-"):
             return None
         if version == "ff" or trace_id == _ZERO_TRACE_ID or parent_id == _ZERO_SPAN_ID:
             return None
+        _note_remote_flag(trace_id, bool(int(flags, 16) & 1))
         return _build(
             cls, trace_id, new_span_id(), parent_id, user_id, session_id, kb_id, _now(), monotonic()
         )

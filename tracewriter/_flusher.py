@@ -27,6 +27,7 @@ from tracewriter._assembler import Assembler, Pending
 from tracewriter._buffer import Buffer
 from tracewriter._cost import CostCalculator
 from tracewriter._logging import RateLimitedLog, get_logger
+from tracewriter._policy import Policy
 from tracewriter._records import (
     EventTuple,
     InvalidEvent,
@@ -47,10 +48,10 @@ __all__ = ["Flusher", "FlusherSettings", "FlusherStats"]
 
 _log = get_logger("flusher")
 
-# Work done between yields to the event loop the flusher shares with the application: about
-# 1 ms each at ~4 µs an event assembled and ~1 µs a row rolled up.
+# Work done between yields to the event loop the flusher shares with the application: well
+# under a millisecond each, at ~2.5 µs an event assembled and ~1.3 µs a span row rolled up.
 _BUILD_CHUNK: Final = 256
-_ROLLUP_CHUNK: Final = 1000
+_ROLLUP_CHUNK: Final = 500
 _MAX_PENDING_DEAD_LETTERS: Final = 10_000
 _MAX_PENDING_METRIC_BATCHES: Final = 1_000
 
@@ -67,6 +68,10 @@ class FlusherSettings:
     partition_check_interval: float = 600.0
     provider_name: str = "postgres"
     dead_letter_max_chars: int = 100_000
+    redact: object = "default"
+    capture_content: str = "full"
+    sample_rate: float = 1.0
+    sample_follow_parent: bool = True
 
 
 @dataclass(slots=True)
@@ -85,6 +90,7 @@ class FlusherStats:
     held_open: int = 0
     calls_priced: int = 0
     calls_unpriced: int = 0
+    redaction_failures: int = 0
 
 
 class _Batch:
@@ -140,6 +146,7 @@ class Flusher:
             self._assembler = Assembler(
                 open_row_grace=settings.open_row_grace, build=build_priced, builders=builders
             )
+        self._policy = Policy.of(settings)
         self._inserts: dict[str, list[_Batch]] = {}
         self._ends: dict[str, list[_Batch]] = {}
         self._metric_batches: list[tuple[str, list[Row]]] = []
@@ -178,6 +185,7 @@ class Flusher:
             held_open=self._assembler.held,
             calls_priced=0 if cost is None else cost.stats.priced,
             calls_unpriced=0 if cost is None else cost.stats.unpriced,
+            redaction_failures=self._policy.redaction_failures,
         )
 
     def note_task_died(self) -> None:
@@ -187,7 +195,7 @@ class Flusher:
     def has_pending(self) -> bool:
         """Whether any taken event is still unwritten (held open, or waiting for a retry)."""
         return bool(
-            self._assembler.held
+            self._assembler.pending_events()  # held starts, and rows of a cut-short build
             or self._unbuilt
             or any(self._inserts.values())
             or any(self._ends.values())
@@ -298,16 +306,57 @@ class Flusher:
         self._unbuilt.extend(self._buffer.take())
         assembler = self._assembler
         now = self._clock()
-        while self._unbuilt:
-            assembler.add(self._unbuilt, now, _BUILD_CHUNK)
+        # Redaction and content capture happen here, per slice, before any row is built: a
+        # row (hence a dead letter, a log line, a roll-up) never sees the original text.
+        prepare = self._policy.prepare if self._policy.changes_events else None
+        unbuilt = self._unbuilt
+        while unbuilt:
+            if prepare is None:
+                assembler.add(unbuilt, now, _BUILD_CHUNK)
+            else:
+                popleft = unbuilt.popleft
+                count = min(_BUILD_CHUNK, len(unbuilt))
+                assembler.add(deque([prepare(popleft()) for _ in range(count)]), now, count)
             self._settle_rejected()
             if self._unbuilt:
                 await asyncio.sleep(0)  # assembling is CPU work on the host's loop: share it
         # Open rows past their grace (or all of them when forced) are written open now.
         assembler.release(now, force=force)
         inserts, ends = assembler.take()
+        if self._policy.samples:
+            self._sample_out(inserts, ends)
         self._batch_up(self._inserts, inserts)
         self._batch_up(self._ends, ends)
+
+    def _sample_out(self, inserts: dict[str, Pending], ends: dict[str, Pending]) -> None:
+        """Take the rows of unsampled traces out of the batch; they still feed the roll-ups.
+
+        Errors are noted across every table first, so that a trace row assembled in the same
+        flush as its failed span is kept with it.
+        """
+        policy = self._policy
+        for fresh in (inserts, ends):
+            for table, pending in fresh.items():
+                policy.note_errors(table, pending.rows)
+        keeps = policy.keeps_row
+        sampled_out = 0
+        for fresh in (inserts, ends):
+            for table, pending in fresh.items():
+                kept_rows: list[Row] = []
+                kept_weights = bytearray()
+                dropped_rows: list[Row] = []
+                for row, weight in zip(pending.rows, pending.weights, strict=True):
+                    if keeps(table, row):
+                        kept_rows.append(row)
+                        kept_weights.append(weight)
+                    else:
+                        dropped_rows.append(row)
+                        sampled_out += weight
+                if dropped_rows:
+                    self._rollup.add_rows(table, dropped_rows)
+                    pending.rows, pending.weights = kept_rows, kept_weights
+        if sampled_out:
+            self._buffer.settle(sampled_out=sampled_out)
 
     def _settle_rejected(self) -> None:
         rejected = self._assembler.take_rejected()

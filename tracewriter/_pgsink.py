@@ -3,6 +3,13 @@
 Owns the connection pool and the translation of asyncpg's errors into the two the flusher acts
 on. It knows the SQL (through ``_sql``) and nothing of the API or the buffer.
 
+On Citus a CHECK or NOT NULL violation a worker raises during COPY comes back through the
+coordinator as SQLSTATE XX000 (internal error) with the worker's message but not its state, so
+it cannot be told from a real internal error by its code. Such a COPY is tried once more through
+the staging path (temp table, then ``INSERT ... SELECT``), which Citus reports with the worker's
+own SQLSTATE; an XX000 that persists there is treated as a refusal of these rows, so that the
+flusher isolates them instead of retrying them forever.
+
 COPY feeds asyncpg an async iterable that yields to the event loop every ``copy_yield_rows``
 rows: asyncpg encodes a plain list in one go without yielding (about 5 µs a row, so a
 10,000-row COPY would stall the host's loop ~50 ms).
@@ -34,6 +41,9 @@ Row = tuple[Any, ...]
 _DATA_CLASSES = frozenset({"22", "23"})
 # Single states that also mean the data itself is at fault.
 _DATA_STATES = frozenset({"42804", "54000", "54001"})  # datatype mismatch, program limits
+
+# internal_error: what Citus reports for a worker's error inside a COPY through the coordinator.
+_INTERNAL_ERROR = "XX000"
 
 # Metric batch claims older than this are pruned; a retry never comes that late.
 _BATCH_CLAIM_RETENTION = _dt.timedelta(days=1)
@@ -166,30 +176,58 @@ class PostgresSink:
         timeout = self._config.command_timeout
         async with self._acquire() as conn:
             if not dedupe:
-                # One short autocommit transaction per COPY: on TimescaleDB the transaction
-                # that creates a new chunk blocks other writers until it commits.
-                await conn.copy_records_to_table(
-                    table,
-                    schema_name=self._sql.schema,
-                    columns=columns,
-                    records=_yielding(rows, every),
-                    timeout=timeout,
-                )
-                return
+                try:
+                    # One short autocommit transaction per COPY: on TimescaleDB the transaction
+                    # that creates a new chunk blocks other writers until it commits.
+                    await conn.copy_records_to_table(
+                        table,
+                        schema_name=self._sql.schema,
+                        columns=columns,
+                        records=_yielding(rows, every),
+                        timeout=timeout,
+                    )
+                    return
+                except asyncpg.PostgresError as exc:
+                    if exc.sqlstate != _INTERNAL_ERROR:
+                        raise
+                    # Possibly a worker's refusal wrapped by Citus: the staging path below
+                    # reports the true error. The COPY was one transaction and failed whole,
+                    # so nothing of it is there to duplicate.
+                    _log.debug("copy_internal_error_restaged", table=table, rows=len(rows))
             # The previous attempt may have committed: stage, then insert what is missing.
-            async with conn.transaction():
-                await conn.execute(self._sql.stage_create[table])
-                await conn.copy_records_to_table(
-                    f"tw_stage_{table}",
-                    columns=columns,
-                    records=_yielding(rows, every),
-                    timeout=timeout,
-                )
-                await conn.execute(self._sql.stage_insert[table], timeout=timeout)
+            try:
+                async with conn.transaction():
+                    await conn.execute(self._sql.stage_create[table])
+                    await conn.copy_records_to_table(
+                        f"tw_stage_{table}",
+                        columns=columns,
+                        records=_yielding(rows, every),
+                        timeout=timeout,
+                    )
+                    await conn.execute(self._sql.stage_insert[table], timeout=timeout)
+            except asyncpg.PostgresError as exc:
+                if exc.sqlstate != _INTERNAL_ERROR:
+                    raise
+                # Refused again, by another statement: retrying would only repeat it. Isolate.
+                message = redact_text(f"{type(exc).__name__}: {exc}", self._config.dsn)
+                raise DataSinkError(message, sqlstate=_INTERNAL_ERROR) from exc
 
     async def upsert_ends(self, table: str, rows: Sequence[Row]) -> None:
         columns = list(zip(*rows, strict=True)) if rows else []
-        await self._guarded(self._execute(self._sql.end_upsert[table], *map(list, columns)))
+        try:
+            await self._execute(self._sql.end_upsert[table], *map(list, columns))
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate != _INTERNAL_ERROR:
+                raise classify_error(exc, self._config.dsn) from exc
+            # INSERT ... SELECT reports a worker's own SQLSTATE through Citus, so an internal
+            # error here is this server's and, for these rows, may well repeat forever: let
+            # the flusher split the batch and retry, dead-lettering only rows that keep failing.
+            message = redact_text(f"{type(exc).__name__}: {exc}", self._config.dsn)
+            raise DataSinkError(message, sqlstate=_INTERNAL_ERROR) from exc
+        except SinkError:
+            raise
+        except Exception as exc:
+            raise classify_error(exc, self._config.dsn) from exc
 
     async def upsert_metrics(self, batch_id: str, rows: Sequence[Row]) -> None:
         if not rows:

@@ -30,6 +30,7 @@ from tracewriter._cost import CostCalculator
 from tracewriter._flusher import Flusher, FlusherSettings
 from tracewriter._logging import get_logger
 from tracewriter._pgsink import PostgresSink
+from tracewriter._policy import Policy
 from tracewriter._records import EventTuple
 from tracewriter._sink import Sink
 from tracewriter.errors import ConfigurationError, WriterClosedError
@@ -69,6 +70,11 @@ class Provider(Protocol):
     async def close(self, timeout: float | None = None) -> None:
         """Deliver what it can within ``timeout``, then release what it holds."""
 
+    def use_policy(self, policy: Policy) -> None:
+        """Take the service's redaction, content capture and sampling, to apply off the hot
+        path before anything leaves the process (the default ignores it: a provider that
+        exports events must not, see :class:`tracewriter.otlp.OtlpProvider`)."""
+
 
 @dataclass(frozen=True, slots=True)
 class WriterStats(LedgerSnapshot):
@@ -76,7 +82,10 @@ class WriterStats(LedgerSnapshot):
 
     Events are counted, not rows: a span whose start and end were coalesced is two events
     written as one row. At every moment ``enqueued == written + dropped_overflow +
-    dead_lettered + rejected_invalid + buffered + in_flight``. ``dropped_overflow`` counts every
+    dead_lettered + rejected_invalid + sampled_out + buffered + in_flight``; ``sampled_out``
+    counts events of unsampled traces (``sample_rate``), which still feed the metric roll-ups.
+    ``redaction_failures`` counts fields replaced by ``[redaction_failed]`` because a
+    redactor raised. ``dropped_overflow`` counts every
     event dropped rather than written — for a full buffer, or because it arrived after
     ``close()`` or was still unwritten when the close deadline passed (``dropped_at_close``).
     """
@@ -91,6 +100,7 @@ class WriterStats(LedgerSnapshot):
     last_error: str | None = None
     consecutive_failures: int = 0
     internal_errors: int = 0
+    redaction_failures: int = 0
     running: bool = False
     # LLM calls given a cost_usd, and those with a model and token counts left without one
     # (unknown model, inconsistent counts, no price data). Not events: not in the ledger.
@@ -219,6 +229,10 @@ class PostgresProvider:
     def reject(self) -> None:
         """Count one event the service refused before building it (a bad argument)."""
         self._buffer.reject()
+
+    def use_policy(self, policy: Policy) -> None:
+        """Nothing to take: this writer's flusher applies the policy its own configuration
+        describes (the service's, since the service builds both from one config)."""
 
     # --- lifecycle ----------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import datetime as _dt
 import enum
 import json
 import math
+import re
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, Final, NamedTuple
@@ -326,7 +327,7 @@ def encode_metadata(value: object) -> str | None:
         raw = orjson.dumps(value, default=_orjson_default, option=_ORJSON_OPTIONS)
     except Exception:  # orjson refuses: take the thorough path
         return _thorough(value)
-    if b"\\" in raw and b"\\u0000" in raw:  # memchr first: a backslash is rare
+    if b"\\" in raw and _has_nul_escape(raw.decode("utf-8")):  # memchr first: \ is rare
         return _thorough(value)
     return _bounded(raw.decode("utf-8"))
 
@@ -375,17 +376,40 @@ def snapshot_metadata(value: object) -> object:
 def metadata_text(value: object) -> str | None:
     """The ``jsonb`` text of an event's metadata (encoded JSON text, or a snapshot)."""
     if type(value) is str:
-        if len(value) <= METADATA_BYTES and not ("\\" in value and "\\u0000" in value):
+        if len(value) <= METADATA_BYTES and not ("\\" in value and _has_nul_escape(value)):
             return value
         return _thorough_text(value)
     return encode_metadata(value)
 
 
+# Twenty digits in a row may be an integer past 64 bits, which orjson.loads reads as a float
+# (silently rounded); the standard library keeps it exact. A string of digits that long only
+# costs the slower decoder.
+_LONG_DIGITS: Final = re.compile(r"[0-9]{20}")
+
+
+# A NUL character in JSON text is the escape \u0000 after an even run of other backslashes;
+# after an odd run it is a literal backslash followed by "u0000", which jsonb stores fine.
+_NUL_ESCAPE: Final = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def _has_nul_escape(text: str) -> bool:
+    """Whether JSON ``text`` encodes a NUL character (which ``jsonb`` refuses)."""
+    return "\\u0000" in text and _NUL_ESCAPE.search(text) is not None
+
+
+def decode_json(text: str) -> Any:
+    """JSON text as Python values, integers of any size kept exact; raises ValueError."""
+    if _LONG_DIGITS.search(text):
+        return json.loads(text)
+    return orjson.loads(text)
+
+
 def _thorough_text(text: str) -> str:
     # NUL characters inside strings, or oversized: the same treatment as encode_metadata's.
-    if "\\u0000" in text:
+    if _has_nul_escape(text):
         try:
-            decoded = orjson.loads(text)
+            decoded = decode_json(text)
         except Exception:
             return json.dumps({"_unencodable": "metadata"})
         return _thorough(decoded)
@@ -396,7 +420,7 @@ def event_metadata(value: object) -> Any:
     """An event's metadata as Python values, for providers (decodes the JSON text)."""
     if type(value) is str:
         try:
-            return orjson.loads(value)
+            return decode_json(value)
         except Exception:
             return None
     return value
@@ -644,10 +668,10 @@ def _span_row(event: EventTuple, open_row: bool) -> Row:
         cached,
         reasoning,
         *labels,
-        metadata,
         None,  # cost_usd, price_source, price_version: filled by priced_builders()
         None,
         None,
+        metadata,
     )
 
 
@@ -865,8 +889,9 @@ _P_IN, _P_OUT, _P_CACHED, _P_REASONING = (
     for c in ("input_tokens", "output_tokens", "cached_input_tokens", "reasoning_tokens")
 )
 _P_COST: Final = schema.SPAN_COLUMNS.index("cost_usd")
-if len(schema.SPAN_COLUMNS) - 3 != _P_COST:  # a priced row replaces its last three values
-    raise AssertionError("cost_usd, price_source, price_version must end SPAN_COLUMNS")
+if schema.SPAN_COLUMNS[_P_COST : _P_COST + 3] != ("cost_usd", "price_source", "price_version"):
+    raise AssertionError("cost_usd, price_source, price_version must be adjacent, in order")
+_P_AFTER: Final = _P_COST + 3
 
 Builders = dict[str, tuple[str, Callable[[EventTuple], Row]]]
 
@@ -897,7 +922,7 @@ def priced_builders(
                 timestamp=row[_P_TS],
             )
             if found is not None:
-                return (*row[:_P_COST], *found)
+                return (*row[:_P_COST], *found, *row[_P_AFTER:])
         return row
 
     if base is not None and base is not build:

@@ -52,12 +52,12 @@ SPAN_COLUMNS: Final = (
     "user_id",
     "session_id",
     "kb_id",
-    "metadata",
-    # the cost of an LLM call (migration 0004), priced when the row is built; last, so that a
-    # row is priced by replacing its tail
+    # the cost of an LLM call (migration 0004), priced when the row is built; metadata stays
+    # last
     "cost_usd",
     "price_source",
     "price_version",
+    "metadata",
 )
 
 CHAT_COLUMNS: Final = (

@@ -29,6 +29,7 @@ from tracewriter._context import (
 from tracewriter._handles import Facts, SpanHandle, end_event, merge_facts
 from tracewriter._ids import new_span_id, new_trace_id
 from tracewriter._logging import RateLimitedLog, get_logger
+from tracewriter._policy import Policy
 from tracewriter._provider import LoopThread, PostgresProvider, Provider, WriterStats
 from tracewriter._records import (
     EventKind,
@@ -244,11 +245,15 @@ class ObservabilityService:
             if not isinstance(provider, Provider):
                 raise ConfigurationError(
                     f"providers: {provider!r} is not a tracewriter.Provider (subclass it for "
-                    "the lifecycle defaults, or define name, record, reject, start, flush and "
-                    "close)"
+                    "the defaults, or define name, record, reject, start, flush, close and "
+                    "use_policy)"
                 )
             chain.append(provider)
         self._providers: tuple[Provider, ...] = tuple(chain)
+        # What gets stored is a policy of the service, the same for every provider: each gets
+        # a Policy of its own (sampling keeps per-trace state) from the same settings.
+        for provider in chain:
+            provider.use_policy(Policy.of(self.config))
         # With PostgreSQL the only provider (the usual case) events go straight to it: no loop,
         # no per-provider guard (its record() is a locked append; the recording method's own
         # guard still catches anything). Otherwise each provider is called, each guarded.

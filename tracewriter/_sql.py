@@ -51,6 +51,11 @@ def _unnest(columns: tuple[str, ...], first_param: int = 1) -> str:
     return f"unnest({args}) AS u({_cols(columns)})"
 
 
+# The key of the four trace tables (sql/0005.trace_keys.sql): trace_id first, because Citus
+# distributes them by it and a key there must contain the distribution column.
+_TRACE_KEY: Final = ("trace_id", "id", "timestamp")
+
+
 def _end_upsert(qschema: str, table: str) -> str:
     columns = schema.COLUMNS[table]
     sets = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in schema.END_UPDATE_COLUMNS)
@@ -61,7 +66,7 @@ def _end_upsert(qschema: str, table: str) -> str:
     return (
         f"INSERT INTO {qschema}.{table} AS t ({_cols(columns)}) "
         f"SELECT * FROM {_unnest(columns)} "
-        f'ON CONFLICT (id, "timestamp") DO UPDATE SET {sets}{fills}, '
+        f"ON CONFLICT ({_cols(_TRACE_KEY)}) DO UPDATE SET {sets}{fills}, "
         "metadata = CASE WHEN EXCLUDED.metadata IS NULL THEN t.metadata "
         "WHEN t.metadata IS NULL THEN EXCLUDED.metadata "
         "ELSE t.metadata || EXCLUDED.metadata END"

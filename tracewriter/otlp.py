@@ -73,6 +73,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     ) from exc
 
 from tracewriter._logging import RateLimitedLog, get_logger
+from tracewriter._policy import Policy
 from tracewriter._provider import Provider
 from tracewriter._records import (
     CONTENT_CHARS,
@@ -157,15 +158,16 @@ def _u64(value: object) -> int:
 class OtlpStats:
     """A snapshot of the exporter's counters, in events (a start and its end are two).
 
-    At every moment ``received == sent + dropped + failed + rejected_invalid + queued + held
-    + in_flight``. ``sent``: delivered (the collector answered 2xx); ``dropped``: never sent
-    (queue full, recorded after ``close()``, an open span evicted or still open at close,
-    unsent when the close deadline passed); ``failed``: the collector refused them or every
-    retry failed; ``rejected_invalid``: spans whose ids are not W3C ids; ``held``: span and
-    trace starts waiting for their end. ``partially_rejected`` counts the spans and log records
-    a collector reported rejecting inside an accepted request; ``internal_errors`` the events
-    and batches our own conversion failed on (a bug to report: they are counted as invalid or
-    failed, and the exporter goes on).
+    At every moment ``received == sent + dropped + failed + rejected_invalid + sampled_out +
+    queued + held + in_flight``; ``sampled_out``: events of traces the service's sampling left
+    out (see ``sample_rate``). ``sent``: delivered (the collector answered 2xx); ``dropped``:
+    never sent (queue full, recorded after ``close()``, an open span evicted or still open at
+    close, unsent when the close deadline passed); ``failed``: the collector refused them or
+    every retry failed; ``rejected_invalid``: spans whose ids are not W3C ids; ``held``: span
+    and trace starts waiting for their end. ``partially_rejected`` counts the spans and log
+    records a collector reported rejecting inside an accepted request; ``internal_errors`` the
+    events and batches our own conversion failed on (a bug to report: they are counted as
+    invalid or failed, and the exporter goes on).
     """
 
     received: int
@@ -173,6 +175,7 @@ class OtlpStats:
     dropped: int
     failed: int
     rejected_invalid: int
+    sampled_out: int
     queued: int
     held: int
     in_flight: int
@@ -190,6 +193,7 @@ class OtlpStats:
             + self.dropped
             + self.failed
             + self.rejected_invalid
+            + self.sampled_out
             + self.queued
             + self.held
             + self.in_flight
@@ -310,6 +314,11 @@ class OtlpProvider(Provider):
         self._queue: deque[Any] = deque()
         self._open: OrderedDict[tuple[str, object, object], Any] = OrderedDict()
         self._received = self._sent = self._dropped = self._failed = self._invalid = 0
+        self._sampled_out = 0
+        # The service's redaction, content capture and sampling (use_policy), applied in
+        # _convert, off the hot path, so that nothing leaves the process that PostgreSQL
+        # would not have stored.
+        self._policy: Policy | None = None
         self._held = self._in_flight = 0
         self._requests = self._retries = self._partially_rejected = self._internal_errors = 0
         self._last_error: str | None = None
@@ -326,6 +335,10 @@ class OtlpProvider(Provider):
 
     def __repr__(self) -> str:
         return f"OtlpProvider(endpoint={self._endpoint_repr!r}, running={self._task is not None})"
+
+    def use_policy(self, policy: Policy) -> None:
+        """Apply the service's redaction, content capture and sampling before exporting."""
+        self._policy = policy
 
     # --- the hot path -------------------------------------------------------------------------
 
@@ -506,6 +519,7 @@ class OtlpProvider(Provider):
                 dropped=self._dropped,
                 failed=self._failed,
                 rejected_invalid=self._invalid,
+                sampled_out=self._sampled_out,
                 queued=len(self._queue),
                 held=self._held,
                 in_flight=self._in_flight,
@@ -671,14 +685,19 @@ class OtlpProvider(Provider):
         # start and end the span processor sends for a root fold into it instead of
         # exporting the same span id twice.
         complete: dict[tuple[object, object], _Item] = {}
-        opened = closed_pairs = evicted = invalid = 0
-        for n, event in enumerate(batch, 1):
+        opened = closed_pairs = evicted = invalid = sampled_out = 0
+        policy = self._policy
+        for n, recorded in enumerate(batch, 1):
             # Building protobuf messages costs some 15-40 µs an event: yield to the loop every
             # 16, so a 512-event batch never holds it for more than about a millisecond.
             if n % 16 == 0:
                 await asyncio.sleep(0)
             start = None
             try:
+                event = recorded if policy is None else policy.apply(recorded)
+                if event is None:
+                    sampled_out += 1
+                    continue
                 kind = event[KIND]
                 if kind in _LOG_KINDS:
                     logs.append(_Item(self._log_record(event), 1))
@@ -724,10 +743,11 @@ class OtlpProvider(Provider):
             # A start moves from in flight to held, and a matched end brings its start back
             # into flight inside the span's weight (as folded trace events are); an evicted
             # start leaves held for dropped.
-            self._in_flight += closed_pairs - opened - invalid
+            self._in_flight += closed_pairs - opened - invalid - sampled_out
             self._held += opened - closed_pairs - evicted
             self._dropped += evicted
             self._invalid += invalid
+            self._sampled_out += sampled_out
         if evicted:
             self._drop_log.hit(reason="open_span_evicted", dropped=evicted)
         return spans, logs

@@ -2,7 +2,8 @@
 lock, statement timeouts, a read-only database, bad credentials, process exit).
 
 Every scenario checks the same two promises: the ledger balances (``enqueued == written +
-dropped_overflow + dead_lettered + rejected_invalid + buffered + in_flight``), and every event
+dropped_overflow + dead_lettered + rejected_invalid + sampled_out + buffered + in_flight``;
+nothing is sampled out here), and every event
 the buffer accepted is in the database exactly once. This module holds what the scenarios share:
 a workload that records through the public service API and remembers which events the buffer
 accepted, and the exactly-once check against the database.

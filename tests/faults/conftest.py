@@ -15,13 +15,12 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
+import _citus
 import asyncpg
 import pytest
 
 from tracewriter.embedded import EmbeddedPostgres
 from tracewriter.migrate import apply_migrations
-
-from . import with_database
 
 
 def _admin(dsn: str, *statements: str) -> None:
@@ -90,8 +89,8 @@ def fault_template(server_dsn: str, migrated_database: Any) -> Iterator[str]:
 def fault_db(server_dsn: str, fault_template: str) -> Iterator[str]:
     """A DSN for a fresh migrated database of this test's own, dropped afterwards."""
     name = f"tw_fault_{uuid.uuid4().hex[:12]}"
-    _admin(server_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{fault_template}"')
     try:
-        yield with_database(server_dsn, name)
+        # A template copy; on a Citus cluster a fresh distributed, migrated database.
+        yield _citus.copy_database(server_dsn, name, fault_template)
     finally:
-        _admin(server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        _citus.drop_database(server_dsn, name)
