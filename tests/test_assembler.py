@@ -313,3 +313,13 @@ def test_the_metadata_bound_counts_utf8_bytes_and_holds_after_a_merge() -> None:
     merged = records.coalesce(start, end)[records.METADATA]
     assert len(merged.encode()) <= records.METADATA_BYTES
     assert json.loads(merged)["_truncated"] is True
+
+
+@pytest.mark.parametrize("key", [5.952612402491012e-06, 1e-05, 1e16, 0.1, -2.5e300])
+def test_a_float_key_is_spelled_alike_on_the_fast_and_the_thorough_path(key: float) -> None:
+    """A NUL in a value sends metadata down the thorough path; its float keys must still be
+    spelled as orjson spells them on the fast path."""
+    fast = json.loads(records.encode_metadata({key: "x"}) or "")
+    thorough = json.loads(records.encode_metadata({key: "x\x00"}) or "")
+    assert list(fast) == list(thorough)
+    assert thorough == {next(iter(fast)): "x"}

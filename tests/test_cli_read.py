@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from tracewriter import ObservabilityService
-from tracewriter._rollup import histogram_bucket
+from tracewriter._sketch import bucket_key, bucket_value
 from tracewriter.cli import main
 from tracewriter.cli._query import connect, fetch_stats
 
@@ -178,16 +178,19 @@ async def write_known_llm_calls(dsn: str) -> None:
         assert await svc.flush(timeout=30)
 
 
-def bucket_bound(value: float) -> float:
-    """The upper bound of the histogram bucket holding ``value``."""
-    return float(2 ** (histogram_bucket(value) / 2))
+def sketched(value: float) -> float:
+    """The value the 1 % sketch reads ``value`` back as."""
+    key = bucket_key(value)
+    assert key is not None
+    return bucket_value(key)
 
 
 async def test_stats_reads_calls_tokens_and_percentiles_per_model(
     db_dsn: str, pool: asyncpg.Pool
 ) -> None:
-    """The per-model figures are the sums of the known calls, and the percentiles are the
-    bucket bounds of the known durations, never above the largest one."""
+    """The per-model figures are the sums of the known calls, the percentiles the sketch's
+    values of the known durations (within 1 %), never outside the smallest and largest, and
+    the cost of calls no price table knows is None."""
     await write_known_llm_calls(db_dsn)
     conn = await connect(db_dsn)
     try:
@@ -199,8 +202,11 @@ async def test_stats_reads_calls_tokens_and_percentiles_per_model(
         "model-a", 3, 0, 6000, 60
     )  # fmt: skip
     assert a.avg_ms == pytest.approx(700 / 3)
-    assert a.p50_ms == bucket_bound(200.0) and a.max_ms == 400.0
-    assert a.p99_ms == 400.0  # the bucket bound of 400 (512) is clamped to the max
+    assert a.p50_ms == sketched(200.0) == pytest.approx(200.0, rel=0.01) and a.max_ms == 400.0
+    assert a.p99_ms == min(sketched(400.0), 400.0)  # clamped to the largest value seen
+    assert a.cost_usd is None  # model-a has no price anywhere
+    [kb] = stats.knowledge_bases  # every call was made in kb-s
+    assert (kb.key, kb.calls, kb.errors, kb.input_tokens, kb.cost_usd) == ("kb-s", 4, 1, 6007, None)
     assert (b.key, b.calls, b.errors, b.input_tokens) == ("model-b", 1, 1, 7)
     by_type = {r.key: r for r in stats.span_types}
     assert by_type["llm"].calls == 4 and by_type["llm"].errors == 1
@@ -219,8 +225,10 @@ async def test_stats_prints_the_per_model_and_per_span_type_tables(
     assert "LLM calls by model (last 1h) · latency in ms" in out
     assert "Spans by type (last 1h)" in out
     [row_a] = [x for x in out.splitlines() if "model-a" in x]
-    p50 = bucket_bound(200)
-    assert row_a.split() == ["model-a", "3", "0", "6,000", "60", f"{p50:,.0f}", "400", "400", "400"]
+    p50, top = sketched(200.0), min(sketched(400.0), 400.0)
+    assert row_a.split() == [
+        "model-a", "3", "0", "6,000", "60", "—", f"{p50:,.0f}", f"{top:,.0f}", f"{top:,.0f}", "400"
+    ]  # fmt: skip
 
 
 async def test_stats_on_an_empty_window_says_nothing_was_recorded(
@@ -314,15 +322,27 @@ async def test_stats_as_json_carries_the_same_figures_as_the_tables(
     out, err = capsys.readouterr()
     assert err == ""
     data = json.loads(out)
-    assert list(data) == ["since_seconds", "models", "span_types", "document_stages"]
+    assert list(data) == [
+        "since_seconds", "models", "knowledge_bases", "span_types", "document_stages"
+    ]  # fmt: skip
     assert data["since_seconds"] == 5400
     a, b = data["models"]
-    assert list(a) == ["model", "calls", "errors", "input_tokens", "output_tokens", *LATENCY_KEYS]
+    assert list(a) == [
+        "model", "calls", "errors", "input_tokens", "output_tokens", "cost_usd", *LATENCY_KEYS
+    ]  # fmt: skip
     assert (a["model"], a["calls"], a["errors"], a["input_tokens"], a["output_tokens"]) == (
         "model-a", 3, 0, 6000, 60
     )  # fmt: skip
     assert a["avg_ms"] == pytest.approx(700 / 3)
-    assert (a["p50_ms"], a["p99_ms"], a["max_ms"]) == (bucket_bound(200.0), 400.0, 400.0)
+    assert (a["p50_ms"], a["p99_ms"], a["max_ms"]) == (
+        sketched(200.0), min(sketched(400.0), 400.0), 400.0
+    )  # fmt: skip
+    assert a["cost_usd"] is None
+    [kb] = data["knowledge_bases"]
+    assert list(kb) == [
+        "kb_id", "calls", "errors", "input_tokens", "output_tokens", "cost_usd", *LATENCY_KEYS
+    ]  # fmt: skip
+    assert (kb["kb_id"], kb["calls"], kb["input_tokens"]) == ("kb-s", 4, 6007)
     assert (b["model"], b["calls"], b["errors"]) == ("model-b", 1, 1)
     types = {r["span_type"]: r for r in data["span_types"]}
     assert all(

@@ -88,6 +88,8 @@ def test_from_env_reads_every_field_type() -> None:
         "TRACEWRITER_CAPTURE_CONTENT": "preview",
         "TRACEWRITER_SAMPLE_RATE": "0.25",
         "TRACEWRITER_SAMPLE_FOLLOW_PARENT": "off",
+        "TRACEWRITER_PRICE_CALLS": "off",
+        "TRACEWRITER_PRICES": '{"my-llm": {"input": 0.5, "output": "1.5"}}',
     }
     assert set(env) == {WriterConfig.env_var(name) for name in FIELDS}
     config = WriterConfig.from_env(env)
@@ -114,6 +116,8 @@ def test_from_env_reads_every_field_type() -> None:
         capture_content="preview",
         sample_rate=0.25,
         sample_follow_parent=False,
+        price_calls=False,
+        prices={"my-llm": {"input": 0.5, "output": "1.5"}},
     )
     assert isinstance(config.max_batch_rows, int)
     assert isinstance(config.flush_interval, float)
@@ -282,6 +286,10 @@ INVALID_VALUES: list[tuple[str, Any]] = [
     ("sample_rate", -0.1),
     ("sample_rate", "0.5"),
     ("sample_follow_parent", "yes"),
+    ("price_calls", "yes"),
+    ("prices", {"m": {"input": -1, "output": 1}}),
+    ("prices", {"m": {"output": 1}}),
+    ("prices", ["not", "a", "mapping"]),
 ]
 
 

@@ -111,6 +111,33 @@ def test_rollback_count_rolls_back_only_the_newest(empty_db: str) -> None:
     assert apply_migrations(empty_db) == [NEWEST]
 
 
+def test_rolling_back_the_sketch_derives_histograms_and_drops_the_new_columns(
+    empty_db: str,
+) -> None:
+    """A row with only a sketch gets a √2 histogram from it when 0004 is rolled back."""
+    apply_migrations(empty_db)
+    with psycopg.connect(empty_db) as conn:
+        conn.execute(
+            "INSERT INTO observability.metrics_aggregates "
+            '(id, "timestamp", metric, count, sum, sketch) '
+            "SELECT gen_random_uuid(), date_trunc('minute', now()), 'span.duration_ms', 4, 1006.5, "
+            "observability.sketch_of(v) FROM unnest(ARRAY[0.5, 3, 3, 1000]::float8[]) AS v"
+        )
+    sketch_and_after = MIGRATIONS[MIGRATIONS.index("0004.sketch") :]
+    assert rollback_migrations(empty_db, count=len(sketch_and_after)) == sketch_and_after[::-1]
+    with psycopg.connect(empty_db) as conn:
+        row = conn.execute("SELECT histogram FROM observability.metrics_aggregates").fetchone()
+        columns = conn.execute(
+            "SELECT count(*) FROM information_schema.columns WHERE table_schema = "
+            "'observability' AND column_name IN ('sketch', 'cost_usd', 'price_source')"
+        ).fetchone()
+    assert row is not None
+    # 0.5 below 1 in bucket 0; 3 in [2^1.5, 2^2) = bucket 4; 1000 in [2^9.5, 2^10) = bucket 20
+    assert row[0] == [1, 0, 0, 0, 2] + [0] * 15 + [1] + [0] * 19
+    assert columns == (0,)
+    assert apply_migrations(empty_db) == sketch_and_after
+
+
 @pytest.fixture
 def own_db(server_dsn: str) -> Iterator[str]:
     """An empty database of this test's own (distributed on a Citus cluster), dropped after."""

@@ -17,6 +17,8 @@ import asyncpg
 import psycopg
 import pytest
 
+from tracewriter._sketch import Sketch, to_sql_text
+from tracewriter._sql import Statements
 from tracewriter.migrate import (
     apply_migrations,
     list_migrations,
@@ -236,6 +238,45 @@ async def test_writer_upserts_end_rows_metrics_and_provider_status(
     assert sent == 7
 
 
+async def test_writer_upserts_sketches_and_writes_costs(writer: asyncpg.Connection) -> None:
+    """The sketch upsert of migration 0004 and the cost columns need no grant beyond 0002's."""
+    minute = datetime.now(UTC).replace(second=0, microsecond=0)
+    sketch = Sketch()
+    for v in (5.0, 50.0, 500.0):
+        sketch.add(v)
+    row = [
+        [str(uuid.uuid4())],
+        [minute],
+        ["llm.cost_usd"],
+        ["llm"],
+        ["gpt-4o"],
+        [""],
+        ["ok"],
+        [3],
+        [555.0],
+        [5.0],
+        [500.0],
+        [None],
+        [to_sql_text(sketch.encode())],
+    ]
+    for batch_id in (uuid.uuid4(), uuid.uuid4()):
+        await writer.execute(Statements.build().metrics_upsert, batch_id, *row)
+    await writer.execute(
+        'INSERT INTO observability.spans (id, "timestamp", trace_id, span_id, cost_usd, '
+        "price_source, price_version) VALUES ($1, $2, $3, $4, 0.0125, 'user', 'sha256:x')",
+        uuid.uuid4(),
+        minute,
+        TRACE_ID,
+        SPAN_ID,
+    )
+    stored = await writer.fetchrow(
+        "SELECT count, observability.sketch_count(sketch) AS n FROM "
+        "observability.metrics_aggregates WHERE \"timestamp\" = $1 AND metric = 'llm.cost_usd'",
+        minute,
+    )
+    assert stored is not None and (stored["count"], stored["n"]) == (6, 6)
+
+
 async def test_writer_stages_through_a_temp_table(writer: asyncpg.Connection) -> None:
     """The retry-safe path — COPY into a temp table LIKE the target, then INSERT … SELECT … ON
     CONFLICT DO NOTHING — works for the writer, and a replayed batch adds nothing."""
@@ -350,6 +391,17 @@ async def test_reader_reads_every_table(reader: asyncpg.Connection) -> None:
         )
         == 2.0**19
     )
+
+
+async def test_reader_reads_percentiles_from_sketches(reader: asyncpg.Connection) -> None:
+    """The reader may merge sketches and read quantiles from them (functions of 0004)."""
+    sketch = Sketch()
+    sketch.add(100.0)
+    assert await reader.fetchval(
+        "SELECT observability.sketch_quantile(observability.sketch_merge(s), 0.5) "
+        "FROM (VALUES ($1::bigint[])) AS v(s)",
+        sketch.encode(),
+    ) == sketch.quantile(0.5)
 
 
 @pytest.mark.parametrize(

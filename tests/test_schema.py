@@ -73,6 +73,10 @@ COLUMNS: dict[str, list[tuple[str, str, bool]]] = {
         ("session_id", "text", True),
         ("kb_id", "text", True),
         ("metadata", "jsonb", True),
+        # migration 0004: the cost of an LLM call and where its prices came from
+        ("cost_usd", "numeric", True),
+        ("price_source", "text", True),
+        ("price_version", "text", True),
     ],
     "chat_messages": [
         ("id", "uuid", False),
@@ -114,7 +118,9 @@ COLUMNS: dict[str, list[tuple[str, str, bool]]] = {
         ("sum", "float8", False),
         ("min", "float8", True),
         ("max", "float8", True),
-        ("histogram", "_int8", False),
+        # nullable since 0004, which adds the sketch that supersedes it
+        ("histogram", "_int8", True),
+        ("sketch", "_int8", True),
     ],
     "provider_sync_status": [
         ("provider", "text", False),

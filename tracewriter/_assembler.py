@@ -23,6 +23,7 @@ from tracewriter._records import (
     KIND,
     SPAN_ID,
     TRACE_ID,
+    Builders,
     EventKind,
     EventTuple,
     Row,
@@ -75,7 +76,9 @@ def _pending(table_map: dict[str, Pending], table: str) -> Pending:
 class Assembler:
     """Builds rows from events; holds open starts; hands out what is ready with :meth:`take`.
 
-    ``build`` is the row builder (a parameter so a test can make rows the database refuses).
+    ``build`` is the row builder (a parameter so a test can make rows the database refuses);
+    ``builders`` its table by kind, when it has one (the priced builders of
+    :func:`tracewriter._records.priced_builders`).
     """
 
     def __init__(
@@ -83,11 +86,14 @@ class Assembler:
         *,
         open_row_grace: float,
         build: Callable[[EventTuple], tuple[str, Row]] = build,
+        builders: Builders | None = None,
     ) -> None:
         self._grace = open_row_grace
         self._build = build
-        # With the standard builder, dispatch on the kind here: one call per event, not three.
-        self._builders = BUILDERS if build is _default_build else None
+        # With a table of builders, dispatch on the kind here: one call per event, not three.
+        if builders is None and build is _default_build:
+            builders = BUILDERS
+        self._builders = builders
         self._held: dict[HeldKey, tuple[EventTuple, float]] = {}
         self._inserts: dict[str, Pending] = {}
         self._ends: dict[str, Pending] = {}

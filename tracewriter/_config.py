@@ -9,6 +9,7 @@ when the value came from one), never showing a password.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -25,7 +26,7 @@ __all__ = ["ENV_PREFIX", "WriterConfig", "redact_dsn", "redact_text"]
 ENV_PREFIX: Final = "TRACEWRITER_"
 _MASK: Final = "***"
 
-_Kind = Literal["dsn", "float", "int", "bool", "str", "redact"]
+_Kind = Literal["dsn", "float", "int", "bool", "str", "redact", "prices"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True, repr=False)
@@ -69,6 +70,12 @@ class WriterConfig:
             errors are always written and metric roll-ups count every call.
         sample_follow_parent: when sampling (``sample_rate`` < 1), a trace continued from a
             ``traceparent`` header is kept or dropped as its sampled flag says.
+        price_calls: compute ``spans.cost_usd`` for LLM calls (from ``prices``, else from
+            genai-prices when the extra ``tracewriter[cost]`` is installed).
+        prices: your prices per model, which win over genai-prices: ``{"model" or
+            "provider/model": {"input": ..., "output": ..., "cached_input": ...,
+            "reasoning": ...}}`` in USD per million tokens; from the environment as JSON
+            (``TRACEWRITER_PRICES``).
     """
 
     dsn: str | None = None
@@ -93,6 +100,8 @@ class WriterConfig:
     capture_content: str = "full"
     sample_rate: float = 1.0
     sample_follow_parent: bool = True
+    price_calls: bool = True
+    prices: Mapping[str, Mapping[str, object]] | None = None
 
     def __repr__(self) -> str:
         parts = (
@@ -229,6 +238,18 @@ def _valid_capture(value: Any) -> bool:
     return True
 
 
+def _valid_prices(value: Any) -> bool:
+    if value is None:
+        return True
+    from tracewriter._cost import CostCalculator  # noqa: PLC0415 - only when prices are set
+
+    try:
+        CostCalculator(prices=value, use_genai_prices=False)
+    except (ConfigurationError, TypeError, AttributeError):
+        return False
+    return True
+
+
 # name -> (kind, what it expects, check once the kind is right); in field order.
 _RULES: Final[dict[str, tuple[_Kind, str, Callable[[Any], bool]]]] = {
     "dsn": (
@@ -262,6 +283,13 @@ _RULES: Final[dict[str, tuple[_Kind, str, Callable[[Any], bool]]]] = {
     "capture_content": ("str", "one of full, preview, none", _valid_capture),
     "sample_rate": ("float", "a number from 0 to 1", lambda v: 0.0 <= v <= 1.0),
     "sample_follow_parent": ("bool", "a boolean (1/0, true/false, yes/no, on/off)", _always),
+    "price_calls": ("bool", "a boolean (1/0, true/false, yes/no, on/off)", _always),
+    "prices": (
+        "prices",
+        'None or {"model": {"input": USD per M tokens, "output": ..., "cached_input": ..., '
+        '"reasoning": ...}} (JSON in the environment)',
+        _valid_prices,
+    ),
 }
 
 
@@ -278,6 +306,8 @@ def _has_kind(kind: _Kind, value: Any) -> bool:
         return value is None or isinstance(value, str)
     if kind == "redact":
         return True  # the check says what it accepts
+    if kind == "prices":
+        return value is None or isinstance(value, Mapping)
     return isinstance(value, str)
 
 
@@ -299,6 +329,11 @@ def _parse(kind: _Kind, raw: str, label: str, expected: str) -> Any:
         raise ConfigurationError(f"{label}: expected {expected}, got {raw!r}")
     if kind == "dsn":
         return raw.strip()
+    if kind == "prices":
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise ConfigurationError(f"{label}: expected {expected}, got {raw!r}") from None
     return text
 
 

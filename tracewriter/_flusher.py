@@ -26,9 +26,17 @@ from typing import Final
 from tracewriter._assembler import Assembler, Pending
 from tracewriter._buffer import Buffer
 from tracewriter._config import WriterConfig
+from tracewriter._cost import CostCalculator
 from tracewriter._logging import RateLimitedLog, get_logger
 from tracewriter._policy import Policy
-from tracewriter._records import EventTuple, InvalidEvent, Row, build, clean_text
+from tracewriter._records import (
+    EventTuple,
+    InvalidEvent,
+    Row,
+    build,
+    clean_text,
+    priced_builders,
+)
 from tracewriter._rollup import Rollup
 from tracewriter._sink import (
     DeadLetter,
@@ -85,6 +93,8 @@ class FlusherStats:
     consecutive_failures: int = 0
     internal_errors: int = 0
     held_open: int = 0
+    calls_priced: int = 0
+    calls_unpriced: int = 0
     redaction_failures: int = 0
 
 
@@ -125,12 +135,22 @@ class Flusher:
         settings: FlusherSettings,
         *,
         clock: Callable[[], float] = time.monotonic,
+        cost: CostCalculator | None = None,
     ) -> None:
         self._buffer = buffer
         self._sink = sink
         self._settings = settings
         self._clock = clock
-        self._assembler = Assembler(open_row_grace=settings.open_row_grace, build=build)
+        # LLM calls are priced where their rows are built; the calculator counts what it
+        # could not price (stats() reports it).
+        self.cost = cost
+        if cost is None:
+            self._assembler = Assembler(open_row_grace=settings.open_row_grace, build=build)
+        else:
+            build_priced, builders = priced_builders(cost, build)
+            self._assembler = Assembler(
+                open_row_grace=settings.open_row_grace, build=build_priced, builders=builders
+            )
         self._policy = Policy.of(settings)
         self._inserts: dict[str, list[_Batch]] = {}
         self._ends: dict[str, list[_Batch]] = {}
@@ -163,10 +183,13 @@ class Flusher:
 
     def stats(self) -> FlusherStats:
         """A copy of the counters of flushes, retries and errors, with what is held open now."""
+        cost = self.cost
         return dataclasses.replace(
             self._stats,
             rows_written=dict(self._stats.rows_written),
             held_open=self._assembler.held,
+            calls_priced=0 if cost is None else cost.stats.priced,
+            calls_unpriced=0 if cost is None else cost.stats.unpriced,
             redaction_failures=self._policy.redaction_failures,
         )
 

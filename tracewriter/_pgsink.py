@@ -235,7 +235,9 @@ class PostgresSink:
         # A stable order: concurrent writers upserting the same cells lock them in one order.
         ordered = sorted(rows, key=lambda r: (r[1], r[2], r[3], r[4], r[5], r[6]))
         columns = [list(c) for c in zip(*ordered, strict=True)]
-        columns[-1] = ["{" + ",".join(map(str, h)) + "}" for h in columns[-1]]
+        # histogram and sketch: arrays of unequal length per row travel as text literals
+        columns[-2] = ["{" + ",".join(map(str, h)) + "}" for h in columns[-2]]
+        columns[-1] = ["{" + ",".join(map(str, s)) + "}" for s in columns[-1]]
         await self._guarded(self._execute(self._sql.metrics_upsert, batch_id, *columns))
 
     async def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:

@@ -26,6 +26,7 @@ from typing import Any, Final, Protocol, TypeVar, runtime_checkable
 
 from tracewriter._buffer import Buffer, LedgerSnapshot
 from tracewriter._config import WriterConfig, redact_dsn
+from tracewriter._cost import CostCalculator
 from tracewriter._flusher import Flusher, FlusherSettings
 from tracewriter._logging import get_logger
 from tracewriter._pgsink import PostgresSink
@@ -101,6 +102,10 @@ class WriterStats(LedgerSnapshot):
     internal_errors: int = 0
     redaction_failures: int = 0
     running: bool = False
+    # LLM calls given a cost_usd, and those with a model and token counts left without one
+    # (unknown model, inconsistent counts, no price data). Not events: not in the ledger.
+    calls_priced: int = 0
+    calls_unpriced: int = 0
 
 
 class LoopThread:
@@ -201,7 +206,8 @@ class PostgresProvider:
         self._buffer = Buffer(max_rows=cfg.max_buffer_rows, batch_rows=cfg.max_batch_rows)
         # Every flusher setting is the configuration's setting of the same name.
         settings = FlusherSettings(**_same_named(fields(FlusherSettings), cfg))
-        self._flusher = Flusher(self._buffer, self._sink, settings)
+        cost = CostCalculator(prices=cfg.prices) if cfg.price_calls else None
+        self._flusher = Flusher(self._buffer, self._sink, settings, cost=cost)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._thread: LoopThread | None = None
@@ -267,6 +273,9 @@ class PostgresProvider:
 
     async def _run_here(self, mode: str) -> None:
         """On the loop that becomes the writer's: connect, then run the flusher as its task."""
+        cost = self._flusher.cost
+        if cost is not None:  # importing the price database takes ~0.3 s: not on this loop
+            await asyncio.to_thread(cost.load)
         await self._sink.open()
         loop = asyncio.get_running_loop()
         self._attach(loop)

@@ -23,6 +23,7 @@ from typing import Any, Final, NamedTuple
 import orjson
 
 from tracewriter import _schema as schema
+from tracewriter._cost import CostCalculator
 from tracewriter._ids import random_uuid7_hex, row_id_for_valid_span
 from tracewriter._schema import Row
 
@@ -60,6 +61,7 @@ __all__ = [
     "end_table",
     "event_metadata",
     "metadata_text",
+    "priced_builders",
     "sanitize_json",
     "snapshot_metadata",
     "timestamp_from_ns",
@@ -250,8 +252,8 @@ def _json_key(key: object) -> str:
         return "true" if key else "false"
     if isinstance(key, enum.Enum):
         return _json_key(key.value)
-    if isinstance(key, float) and not math.isfinite(key):
-        return "null"
+    if isinstance(key, float):  # orjson's spelling (1e-05 is "0.00001"), not str()'s
+        return orjson.dumps(key).decode() if math.isfinite(key) else "null"
     return clean_text(key, None) or ""
 
 
@@ -675,6 +677,9 @@ def _span_row(event: EventTuple, open_row: bool) -> Row:
         cached,
         reasoning,
         *labels,
+        None,  # cost_usd, price_source, price_version: filled by priced_builders()
+        None,
+        None,
         metadata,
     )
 
@@ -881,3 +886,81 @@ def build(event: EventTuple) -> tuple[str, Row]:
         raise InvalidEvent(f"unknown event kind {_preview(event[KIND])}")
     table, builder = found
     return table, builder(event)
+
+
+_P_TS, _P_MODEL, _P_PROVIDER = (
+    schema.SPAN_COLUMNS.index(c) for c in ("timestamp", "model", "provider")
+)
+_P_IN, _P_OUT, _P_CACHED, _P_REASONING = (
+    schema.SPAN_COLUMNS.index(c)
+    for c in ("input_tokens", "output_tokens", "cached_input_tokens", "reasoning_tokens")
+)
+_P_COST: Final = schema.SPAN_COLUMNS.index("cost_usd")
+if schema.SPAN_COLUMNS[_P_COST : _P_COST + 3] != ("cost_usd", "price_source", "price_version"):
+    raise AssertionError("cost_usd, price_source, price_version must be adjacent, in order")
+_P_AFTER: Final = _P_COST + 3
+
+Builders = dict[str, tuple[str, Callable[[EventTuple], Row]]]
+
+
+def priced_builders(
+    cost: CostCalculator,
+    base: Callable[[EventTuple], tuple[str, Row]] | None = None,
+) -> tuple[Callable[[EventTuple], tuple[str, Row]], Builders | None]:
+    """``base`` (default :func:`build`) and, for the default, :data:`BUILDERS`, with every span
+    row that names a model and has token counts priced by ``cost`` (cost_usd, price_source,
+    price_version). A custom ``base`` (a test's) gets no table: it is wrapped as it is.
+
+    Runs where rows are built, in the background path. A call the calculator cannot price
+    keeps NULLs, and the calculator counts why.
+    """
+    price = cost.cost
+
+    def price_row(row: Row) -> Row:
+        model = row[_P_MODEL]
+        if model is not None and (row[_P_IN] is not None or row[_P_OUT] is not None):
+            found = price(
+                model,
+                row[_P_PROVIDER],
+                input_tokens=row[_P_IN],
+                output_tokens=row[_P_OUT],
+                cached_input_tokens=row[_P_CACHED],
+                reasoning_tokens=row[_P_REASONING],
+                timestamp=row[_P_TS],
+            )
+            if found is not None:
+                return (*row[:_P_COST], *found, *row[_P_AFTER:])
+        return row
+
+    if base is not None and base is not build:
+        custom = base
+
+        def build_custom(event: EventTuple) -> tuple[str, Row]:
+            target, row = custom(event)
+            return target, price_row(row) if target == schema.SPANS else row
+
+        return build_custom, None
+
+    def with_price(builder: Callable[[EventTuple], Row]) -> Callable[[EventTuple], Row]:
+        def build_priced(event: EventTuple) -> Row:
+            return price_row(builder(event))
+
+        return build_priced
+
+    table: Builders = {
+        kind: (target, with_price(builder) if target == schema.SPANS else builder)
+        for kind, (target, builder) in BUILDERS.items()
+    }
+    get = table.get
+
+    def build_priced(event: EventTuple) -> tuple[str, Row]:
+        try:
+            found = get(event[KIND])
+        except TypeError:  # an unhashable kind
+            found = None
+        if found is None:
+            return build(event)  # refuses it, saying why
+        target, builder = found
+        return target, builder(event)
+
+    return build_priced, table

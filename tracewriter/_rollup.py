@@ -1,9 +1,11 @@
 """Additive per-minute metric roll-ups computed from the rows a flush wrote.
 
-Owns the metric names, their dimensions and the fixed log-scale histogram (40 buckets: bucket 0
-below 1, bucket i in [√2^(i-1), √2^i), the last open-ended) that
-``observability.histogram_quantile`` reads percentiles back from. It does no I/O: the flusher
-feeds it written rows and hands the result to the sink's additive upsert.
+Owns the metric names (``llm.cost_usd`` among them, from the spans' cost column), their
+dimensions, the DDSketch of each cell (:mod:`tracewriter._sketch`: relative accuracy 1 %, read
+back by ``observability.sketch_quantile``) and, until readers have moved to the sketch, the
+fixed log-scale histogram (40 buckets: bucket 0 below 1, bucket i in [√2^(i-1), √2^i), the last
+open-ended) of ``observability.histogram_quantile``. It does no I/O: the flusher feeds it
+written rows and hands the result to the sink's additive upsert.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any, Final
 from tracewriter import _schema as schema
 from tracewriter._ids import random_uuid7_hex
 from tracewriter._records import Row
+from tracewriter._sketch import GAMMA, ZERO_KEY
+from tracewriter._sketch import encode as encode_sketch
 
 __all__ = ["Rollup", "histogram_bucket"]
 
@@ -27,9 +31,15 @@ _HALF_SQRT2: Final = math.sqrt(2.0) / 2.0
 # The minute is an int (minutes since 0001-01-01, UTC) read from the row's datetime with three
 # attribute reads: datetime.replace() costs several times more, once per row.
 Dims = tuple[int, str, str, str, str]
-# count, sum, min, max, then the histogram's buckets: one flat list per cell.
+# count, sum, min, max, the sketch's {key: count}, then the histogram's buckets: one flat list
+# per cell.
 Cell = list[Any]
-_HIST_AT: Final = 4
+_SKETCH_AT: Final = 4
+_HIST_AT: Final = 5
+_LOG_GAMMA: Final = math.log(GAMMA)
+_INF: Final = math.inf
+_ceil = math.ceil
+_log = math.log
 _DAY_ZERO: Final = _dt.datetime(1, 1, 1, tzinfo=_dt.UTC)
 _ONE_MINUTE: Final = _dt.timedelta(minutes=1)
 
@@ -53,9 +63,16 @@ def _observe(cells: dict[Dims, Cell], dims: Dims, value: float) -> None:
             bucket = _LAST_BUCKET
     else:
         bucket = 0
+    # _sketch.bucket_key inlined, the same expression (rows hold no NaN; +inf is skipped)
+    if value <= 0.0:
+        key: int | None = ZERO_KEY
+    elif value < _INF:
+        key = _ceil(_log(value) / _LOG_GAMMA)
+    else:
+        key = None
     cell = cells.get(dims)
     if cell is None:
-        cell = cells[dims] = [0, 0, value, value, *_EMPTY_HISTOGRAM]
+        cell = cells[dims] = [0, 0, value, value, {}, *_EMPTY_HISTOGRAM]
     cell[0] += 1
     cell[1] += value
     if value < cell[2]:
@@ -63,6 +80,9 @@ def _observe(cells: dict[Dims, Cell], dims: Dims, value: float) -> None:
     elif value > cell[3]:
         cell[3] = value
     cell[_HIST_AT + bucket] += 1
+    if key is not None:
+        bins = cell[_SKETCH_AT]
+        bins[key] = bins.get(key, 0) + 1
 
 
 _EMPTY_HISTOGRAM: Final = (0,) * schema.HISTOGRAM_BUCKETS
@@ -78,6 +98,7 @@ _S_TS, _S_TYPE, _S_STATUS, _S_DUR = (
 )
 _S_MODEL, _S_KB = _col(_S, "model"), _col(_S, "kb_id")
 _S_IN, _S_OUT = _col(_S, "input_tokens"), _col(_S, "output_tokens")
+_S_COST = _col(_S, "cost_usd")
 _T = schema.TRACE_COLUMNS
 _T_TS, _T_STATUS, _T_DUR, _T_KB = (
     _col(_T, c) for c in ("timestamp", "status", "duration_ms", "kb_id")
@@ -101,7 +122,7 @@ def _minute_start(minute: int) -> _dt.datetime:
 
 
 class Rollup:
-    """count, sum, min, max and histogram per minute, metric, span_type, model, kb_id, status."""
+    """count, sum, min, max, sketch, histogram per minute, metric, span_type, model, kb, status."""
 
     __slots__ = ("_metrics",)
 
@@ -139,6 +160,7 @@ class Rollup:
             durations = self._cells("span.duration_ms")
             inputs = self._cells("llm.input_tokens")
             outputs = self._cells("llm.output_tokens")
+            costs = self._cells("llm.cost_usd")
             for r in rows:
                 status, duration = r[_S_STATUS], r[_S_DUR]
                 if status == "open" or duration is None:
@@ -158,6 +180,9 @@ class Rollup:
                 tokens = r[_S_OUT]
                 if tokens is not None:
                     observe(outputs, dims, tokens)
+                cost = r[_S_COST]
+                if cost is not None:  # a Decimal: summed as a float, like every metric
+                    observe(costs, dims, float(cost))
         elif table == schema.TRACES:
             durations = self._cells("trace.duration_ms")
             for r in rows:
@@ -201,6 +226,7 @@ class Rollup:
                         float(cell[2]),
                         float(cell[3]),
                         cell[_HIST_AT:],
+                        encode_sketch(cell[_SKETCH_AT]),
                     )
                 )
         return out

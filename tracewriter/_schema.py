@@ -55,6 +55,11 @@ SPAN_COLUMNS: Final = (
     "user_id",
     "session_id",
     "kb_id",
+    # the cost of an LLM call (migration 0004), priced when the row is built; metadata stays
+    # last
+    "cost_usd",
+    "price_source",
+    "price_version",
     "metadata",
 )
 
@@ -102,6 +107,7 @@ METRIC_COLUMNS: Final = (
     "min",
     "max",
     "histogram",
+    "sketch",
 )
 
 COLUMNS: Final[dict[str, tuple[str, ...]]] = {
@@ -127,6 +133,9 @@ END_FILL_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
         "output_tokens",
         "cached_input_tokens",
         "reasoning_tokens",
+        "cost_usd",
+        "price_source",
+        "price_version",
     ),
 }
 

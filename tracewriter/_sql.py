@@ -35,6 +35,8 @@ _TYPES: Final[dict[str, str]] = {
     "max": "float8",
     # histograms travel as their text form: unnest() would flatten a 2-D bigint array
     "histogram": "text",
+    "sketch": "text",
+    "cost_usd": "numeric",
 }
 
 
@@ -73,7 +75,9 @@ def _end_upsert(qschema: str, table: str) -> str:
 
 def _metrics_upsert(qschema: str) -> str:
     columns = schema.METRIC_COLUMNS
-    select = ", ".join(f"u.{c}::bigint[]" if c == "histogram" else f'u."{c}"' for c in columns)
+    select = ", ".join(
+        f"u.{c}::bigint[]" if c in ("histogram", "sketch") else f'u."{c}"' for c in columns
+    )
     return (
         f"WITH claim AS (INSERT INTO {qschema}.applied_batches (batch_id) VALUES ($1) "
         "ON CONFLICT DO NOTHING RETURNING batch_id) "
@@ -83,7 +87,8 @@ def _metrics_upsert(qschema: str) -> str:
         'ON CONFLICT ("timestamp", metric, span_type, model, kb_id, status) DO UPDATE SET '
         "count = m.count + EXCLUDED.count, sum = m.sum + EXCLUDED.sum, "
         "min = LEAST(m.min, EXCLUDED.min), max = GREATEST(m.max, EXCLUDED.max), "
-        f"histogram = {qschema}.histogram_add(m.histogram, EXCLUDED.histogram)"
+        f"histogram = {qschema}.histogram_add(m.histogram, EXCLUDED.histogram), "
+        f"sketch = {qschema}.sketch_add(m.sketch, EXCLUDED.sketch)"
     )
 
 

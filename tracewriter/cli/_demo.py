@@ -512,13 +512,15 @@ class _Simulation:
         if model.caches and not error and rng.random() < 0.5:
             cached = min(input_tokens, 1024 * rng.randint(1, 3))
         reasoning = int(output_tokens * rng.uniform(1.5, 4.0)) if model.reasons else None
+        # As OpenTelemetry counts them (and OpenAI bills them): output includes the reasoning.
+        billed_output = output_tokens + (reasoning or 0)
         message = rng.choice(_LLM_ERRORS) if error else None
         self.rec.llm(
             ctx,
             model=model.name,
             provider=model.provider,
             input_tokens=input_tokens,
-            output_tokens=output_tokens,
+            output_tokens=billed_output,
             cached_input_tokens=cached,
             reasoning_tokens=reasoning,
             duration_ms=duration,
@@ -813,10 +815,16 @@ async def run_demo(
         console.rule("[bold]One request, read back from the database[/]", align="left")
         console.print(render_trace(tree, width=console.width))
         console.print()
-    console.rule("[bold]LLM calls by model, from metrics_aggregates[/]", align="left")
+    console.rule("[bold]LLM calls by model and knowledge base, from metrics_aggregates[/]",
+                 align="left")  # fmt: skip
     console.print(
         render_stats(
-            _query.Stats(since=model_stats.since, models=model_stats.models), window="this run"
+            _query.Stats(
+                since=model_stats.since,
+                models=model_stats.models,
+                knowledge_bases=model_stats.knowledge_bases,
+            ),
+            window="this run",
         )
         if model_stats.models
         else Text("no LLM calls recorded", style="yellow")

@@ -96,15 +96,32 @@ _WINDOW: Final = """
 AND ($2::text IS NULL OR starts_with(kb_id, $2::text))
 """
 
-# Percentiles are clamped to the largest value seen: a bucket's upper bound can exceed it.
-MODEL_STATS_SQL: Final = f"""
-SELECT model, calls, errors, input_tokens, output_tokens, avg_ms,
-       least(observability.histogram_quantile(hist, 0.5), max_ms) AS p50_ms,
-       least(observability.histogram_quantile(hist, 0.95), max_ms) AS p95_ms,
-       least(observability.histogram_quantile(hist, 0.99), max_ms) AS p99_ms,
+
+# A percentile comes from the merged 1 % sketches (migration 0004), clamped to the smallest and
+# largest value seen (a bucket's value can lie just outside them); a window whose rows all
+# predate the sketch falls back to the √2 histogram's bucket bound, clamped to the largest.
+def _percentile(q: str) -> str:
+    return (
+        f"coalesce(greatest(least(observability.sketch_quantile(sk, {q}), max_ms), min_ms), "
+        f"least(observability.histogram_quantile(hist, {q}), max_ms))"
+    )
+
+
+_PERCENTILES: Final = ", ".join(
+    f"{_percentile(q)} AS {name}" for q, name in (("0.5", "p50_ms"), ("0.95", "p95_ms"),
+                                                  ("0.99", "p99_ms"))
+)  # fmt: skip
+
+
+# LLM calls (rows with a model) grouped by ``key``: the model, or the knowledge base.
+# cost_usd: the sum of the priced calls' cost (NULL when none of them was priced).
+def _llm_stats(key: str) -> str:
+    return f"""
+SELECT key, calls, errors, input_tokens, output_tokens, cost_usd, avg_ms,
+       {_PERCENTILES},
        max_ms
 FROM (
-    SELECT model,
+    SELECT {key} AS key,
            coalesce(sum(count) FILTER (WHERE metric = 'span.duration_ms'), 0)::bigint AS calls,
            coalesce(sum(count) FILTER (WHERE metric = 'span.duration_ms'
                                          AND status = 'error'), 0)::bigint AS errors,
@@ -112,34 +129,42 @@ FROM (
                AS input_tokens,
            coalesce(sum(sum) FILTER (WHERE metric = 'llm.output_tokens'), 0)::bigint
                AS output_tokens,
+           sum(sum) FILTER (WHERE metric = 'llm.cost_usd') AS cost_usd,
            sum(sum) FILTER (WHERE metric = 'span.duration_ms')
                / nullif(sum(count) FILTER (WHERE metric = 'span.duration_ms'), 0) AS avg_ms,
+           observability.sketch_merge(sketch) FILTER (WHERE metric = 'span.duration_ms') AS sk,
            observability.histogram_sum(histogram) FILTER (WHERE metric = 'span.duration_ms')
                AS hist,
+           min(min) FILTER (WHERE metric = 'span.duration_ms') AS min_ms,
            max(max) FILTER (WHERE metric = 'span.duration_ms') AS max_ms
     FROM observability.metrics_aggregates
-    WHERE metric IN ('span.duration_ms', 'llm.input_tokens', 'llm.output_tokens')
+    WHERE metric IN ('span.duration_ms', 'llm.input_tokens', 'llm.output_tokens',
+                     'llm.cost_usd')
       AND model <> ''
       AND {_WINDOW}
-    GROUP BY model
+    GROUP BY 1
 ) AS m
-ORDER BY calls DESC, model
+ORDER BY calls DESC, key
 """
+
+
+MODEL_STATS_SQL: Final = _llm_stats("model")
+KB_STATS_SQL: Final = _llm_stats("nullif(kb_id, '')")
 
 # span.duration_ms rows carry the span type; document.duration_ms rows carry the event type in
 # the same dimension column.
 _LATENCY_BY_TYPE: Final = f"""
 SELECT key, calls, errors, avg_ms,
-       least(observability.histogram_quantile(hist, 0.5), max_ms) AS p50_ms,
-       least(observability.histogram_quantile(hist, 0.95), max_ms) AS p95_ms,
-       least(observability.histogram_quantile(hist, 0.99), max_ms) AS p99_ms,
+       {_PERCENTILES},
        max_ms
 FROM (
     SELECT span_type AS key,
            sum(count)::bigint AS calls,
            coalesce(sum(count) FILTER (WHERE status = 'error'), 0)::bigint AS errors,
            sum(sum) / nullif(sum(count), 0) AS avg_ms,
+           observability.sketch_merge(sketch) AS sk,
            observability.histogram_sum(histogram) AS hist,
+           min(min) AS min_ms,
            max(max) AS max_ms
     FROM observability.metrics_aggregates
     WHERE metric = $3
@@ -325,8 +350,10 @@ class LatencyRow:
     """Calls and latency of one model, span type or document stage over the window.
 
     ``key`` is the model, span type or document stage (None where the roll-up had none).
-    Percentiles are read from the log-scale histogram: each is the upper bound of the bucket
-    holding it, so it overstates the exact value by at most a factor of √2.
+    Percentiles are read from the merged sketches: within 1 % of the exact value of the same
+    rank (``percentile_disc``), clamped to the window's smallest and largest value. A window
+    written entirely before migration 0004 falls back to the √2 histogram's bucket bounds.
+    ``cost_usd`` (models only) sums the calls that could be priced; None if none could.
     """
 
     key: str | None
@@ -339,14 +366,17 @@ class LatencyRow:
     max_ms: float | None
     input_tokens: int = 0
     output_tokens: int = 0
+    cost_usd: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Stats:
-    """The per-model, per-span-type and per-document-stage tables over ``since``."""
+    """The per-model, per-knowledge-base (LLM calls), per-span-type and per-document-stage
+    tables over ``since``."""
 
     since: _dt.timedelta
     models: list[LatencyRow] = field(default_factory=list)
+    knowledge_bases: list[LatencyRow] = field(default_factory=list)
     span_types: list[LatencyRow] = field(default_factory=list)
     document_stages: list[LatencyRow] = field(default_factory=list)
 
@@ -368,22 +398,26 @@ def _latency(r: Mapping[str, Any], key: str) -> LatencyRow:
         max_ms=r["max_ms"],
         input_tokens=r.get("input_tokens", 0),
         output_tokens=r.get("output_tokens", 0),
+        cost_usd=r.get("cost_usd"),
     )
 
 
 async def fetch_stats(
     conn: asyncpg.Connection, dsn: str, since: _dt.timedelta, *, kb_prefix: str | None = None
 ) -> Stats:
-    """Per-model, per-span-type and per-document-stage figures of the last ``since``.
+    """Per-model, per-knowledge-base, per-span-type and per-document-stage figures of the
+    last ``since``.
 
     ``kb_prefix`` keeps only the roll-ups whose kb_id starts with it (the demo's own run).
     """
     models = await _fetch(conn, dsn, MODEL_STATS_SQL, since, kb_prefix)
+    kbs = await _fetch(conn, dsn, KB_STATS_SQL, since, kb_prefix)
     types = await _fetch(conn, dsn, SPAN_TYPE_STATS_SQL, since, kb_prefix, SPAN_TYPE_METRIC)
     stages = await _fetch(conn, dsn, SPAN_TYPE_STATS_SQL, since, kb_prefix, DOCUMENT_METRIC)
     return Stats(
         since=since,
-        models=[_latency(dict(r), "model") for r in models],
+        models=[_latency(dict(r), "key") for r in models],
+        knowledge_bases=[_latency(dict(r), "key") for r in kbs],
         span_types=[_latency(dict(r), "key") for r in types],
         document_stages=[_latency(dict(r), "key") for r in stages],
     )
@@ -409,6 +443,7 @@ async def count_rows(
 # The name each stats table gives its rows' key, and whether its rows carry token sums.
 _STATS_TABLES: Final = (
     ("models", "model", True),
+    ("knowledge_bases", "kb_id", True),
     ("span_types", "span_type", False),
     ("document_stages", "event_type", False),
 )
@@ -437,7 +472,11 @@ def as_json(data: TraceTree | Stats) -> dict[str, Any]:
         for r in getattr(data, table):
             row = {key: r.key, "calls": r.calls, "errors": r.errors}
             if tokens:
-                row |= {"input_tokens": r.input_tokens, "output_tokens": r.output_tokens}
+                row |= {
+                    "input_tokens": r.input_tokens,
+                    "output_tokens": r.output_tokens,
+                    "cost_usd": r.cost_usd,
+                }
             row |= {
                 "avg_ms": r.avg_ms, "p50_ms": r.p50_ms, "p95_ms": r.p95_ms,
                 "p99_ms": r.p99_ms, "max_ms": r.max_ms,

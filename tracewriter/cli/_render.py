@@ -277,6 +277,7 @@ def _latency_table(title: str, key: str, rows: Sequence[LatencyRow], *, tokens: 
     if tokens:
         table.add_column("tok in", justify="right")
         table.add_column("tok out", justify="right")
+        table.add_column("cost $", justify="right")
     for name in ("p50", "p95", "p99", "max"):
         table.add_column(name, justify="right")
     for r in rows:
@@ -286,10 +287,16 @@ def _latency_table(title: str, key: str, rows: Sequence[LatencyRow], *, tokens: 
             Text(f"{r.errors:,}", style="red" if r.errors else ""),
         ]
         if tokens:
-            cells += [_compact(r.input_tokens), _compact(r.output_tokens)]
+            cells += [_compact(r.input_tokens), _compact(r.output_tokens), _usd(r.cost_usd)]
         cells += [_number_ms(v) for v in (r.p50_ms, r.p95_ms, r.p99_ms, r.max_ms)]
         table.add_row(*cells)
     return table
+
+
+def _usd(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:,.2f}" if value >= 1 else f"{value:.4f}"
 
 
 def render_stats(stats: Stats, *, window: str | None = None) -> RenderableType:
@@ -306,6 +313,11 @@ def render_stats(stats: Stats, *, window: str | None = None) -> RenderableType:
             _latency_table(f"LLM calls by model ({window})", "model", stats.models,
                            tokens=True)
         )  # fmt: skip
+    if stats.knowledge_bases:
+        parts.append(
+            _latency_table(f"LLM calls by knowledge base ({window})", "knowledge base",
+                           stats.knowledge_bases, tokens=True)
+        )  # fmt: skip
     if stats.span_types:
         parts.append(
             _latency_table(f"Spans by type ({window})", "span type", stats.span_types,
@@ -318,8 +330,8 @@ def render_stats(stats: Stats, *, window: str | None = None) -> RenderableType:
         )  # fmt: skip
     parts.append(
         Text(
-            "Percentiles come from the log-scale histograms in metrics_aggregates: each is the "
-            "upper bound of its bucket (at most √2 above the exact value, never above max).",
+            "Percentiles come from the sketches in metrics_aggregates: within 1 % of the exact "
+            "value. Cost counts the calls that could be priced (— where none could).",
             style="dim",
         )
     )

@@ -1,0 +1,282 @@
+"""The cost of LLM calls: against genai-prices' own calculation, user prices, bad input."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import subprocess
+import sys
+from decimal import Decimal
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tracewriter._cost import Cost, CostCalculator, UserPrice
+from tracewriter.errors import ConfigurationError
+
+genai_prices = pytest.importorskip("genai_prices")  # the extra `cost`, in the dev install
+from genai_prices import Usage, calc_price, data_snapshot  # noqa: E402
+
+SETTINGS = settings(
+    max_examples=150,
+    deadline=None,
+    database=None,  # no .hypothesis/ directory in the checkout
+    suppress_health_check=[HealthCheck.too_slow],
+)
+WHEN = dt.datetime(2026, 11, 30, 12, tzinfo=dt.UTC)
+
+
+def genai_total(
+    model: str, provider: str | None, inp: int, cached: int, out: int, reasoning: int
+) -> Decimal | None:
+    """genai-prices' own price of a call, or None where it cannot price it."""
+    try:
+        return calc_price(
+            Usage(
+                input_tokens=inp,
+                cache_read_tokens=cached,
+                output_tokens=out,
+                output_reasoning_tokens=reasoning,
+            ),
+            model_ref=model,
+            provider_id=provider,
+            genai_request_timestamp=WHEN,
+        ).total_price
+    except LookupError:
+        return None
+
+
+@st.composite
+def usages(draw: st.DrawFn) -> tuple[int, int, int, int]:
+    """(input, cached input, output, reasoning) with each part within its whole."""
+    inp = draw(st.integers(0, 3_000_000))
+    out = draw(st.integers(0, 200_000))
+    return inp, draw(st.integers(0, inp)), out, draw(st.integers(0, out))
+
+
+# gpt-4o: cached input priced apart; o3: reasoning; the Gemini and Claude models have price
+# tiers above 128k/200k input tokens; sonar has a per-request price.
+PRICED = [
+    ("gpt-4o", "openai"),
+    ("o3", "openai"),
+    ("gemini-2.5-pro", "google"),
+    ("gemini-1.5-flash", "google"),
+    ("claude-sonnet-4-5", "anthropic"),
+    ("sonar", "perplexity"),
+    ("claude-3-5-sonnet", None),  # provider found from the model name
+]
+
+
+# One calculator for every example, so that its remembered rates are what gets tested.
+CALCULATOR = CostCalculator()
+
+
+@SETTINGS
+@given(st.sampled_from(PRICED), usages())
+def test_cost_equals_genai_prices_own_calculation(
+    model_provider: tuple[str, str | None], usage: tuple[int, int, int, int]
+) -> None:
+    """For tiered, cached, reasoning and per-request prices, the cost is genai-prices' exactly."""
+    model, provider = model_provider
+    inp, cached, out, reasoning = usage
+    got = CALCULATOR.cost(
+        model,
+        provider,
+        input_tokens=inp,
+        cached_input_tokens=cached,
+        output_tokens=out,
+        reasoning_tokens=reasoning,
+        timestamp=WHEN,
+    )
+    want = genai_total(model, provider, inp, cached, out, reasoning)
+    assert want is not None
+    assert got == Cost(want, "genai-prices", genai_prices.__version__)
+
+
+def test_every_model_in_the_price_database_is_priced_as_genai_prices_prices_it() -> None:
+    """Across the whole bundled catalogue (seeded counts, both sides of the tiers): equal."""
+    rng = random.Random(15)
+    calculator = CostCalculator()
+    compared = 0
+    for provider in data_snapshot.get_snapshot().providers:
+        for model in provider.models:
+            inp = rng.choice([0, 1, 900, 127_999, 128_001, 200_001, 1_500_000])
+            cached = rng.randrange(inp + 1)
+            out = rng.choice([0, 7, 4_000, 90_000])
+            reasoning = rng.randrange(out + 1)
+            want = genai_total(model.id, provider.id, inp, cached, out, reasoning)
+            got = calculator.cost(
+                model.id,
+                provider.id,
+                input_tokens=inp,
+                cached_input_tokens=cached,
+                output_tokens=out,
+                reasoning_tokens=reasoning,
+                timestamp=WHEN,
+            )
+            if want is None:  # genai-prices cannot resolve it either: neither can we
+                assert got is None, (provider.id, model.id)
+            else:
+                assert got is not None and got.usd == want, (provider.id, model.id)
+                compared += 1
+    assert compared > 1000
+    assert calculator.stats.failed == 0
+
+
+def test_unknown_models_and_providers_get_none_and_are_counted() -> None:
+    """A model or provider genai-prices does not know: None, and unknown_model counts it."""
+    calculator = CostCalculator()
+    assert calculator.cost("no-such-model-xyz", "openai", input_tokens=10, output_tokens=5) is None
+    assert calculator.cost("gpt-4o", "no-such-provider", input_tokens=10, output_tokens=5) is None
+    assert calculator.cost("no-such-model-xyz", None, input_tokens=10, output_tokens=5) is None
+    assert calculator.cost(None, "openai", input_tokens=10, output_tokens=5) is None
+    # asked again: answered from memory, still counted
+    assert calculator.cost("no-such-model-xyz", "openai", input_tokens=1, output_tokens=1) is None
+    assert calculator.stats.unknown_model == 5
+    assert calculator.stats.unpriced == 5
+    assert calculator.stats.priced == 0
+
+
+def test_user_prices_take_precedence_and_are_versioned_by_their_content() -> None:
+    """A configured model is priced from the user's table, with source 'user' and a digest."""
+    prices = {
+        "gpt-4o": UserPrice(input=Decimal("2"), output=Decimal("8"), cached_input=Decimal("1")),
+        "azure/gpt-4o": {"input": "3", "output": "9"},
+        "in-house-llm": {"input": 0.5, "output": 1.5, "reasoning": 3},
+    }
+    calculator = CostCalculator(prices=prices)
+    got = calculator.cost(
+        "GPT-4o", "openai", input_tokens=1_000, cached_input_tokens=400, output_tokens=100
+    )
+    assert got is not None
+    # 600 uncached at $2/M, 400 cached at $1/M, 100 output at $8/M
+    assert got.usd == Decimal("0.0012") + Decimal("0.0004") + Decimal("0.0008")
+    assert got.source == "user"
+    assert got.version.startswith("sha256:")
+    azure = calculator.cost("gpt-4o", "azure", input_tokens=1_000_000, output_tokens=0)
+    assert azure is not None and azure.usd == Decimal(3)
+    own = calculator.cost("in-house-llm", None, output_tokens=1_000_000, reasoning_tokens=500_000)
+    assert own is not None and own.usd == Decimal("0.75") + Decimal("1.5")
+    # a model without a user price still gets genai-prices' price
+    o3 = calculator.cost("o3", "openai", input_tokens=1_000, output_tokens=1_000, timestamp=WHEN)
+    assert o3 is not None and o3.source == "genai-prices"
+    changed = CostCalculator(prices={**prices, "gpt-4o": {"input": "2.5", "output": "8"}})
+    again = changed.cost("gpt-4o", "openai", input_tokens=1, output_tokens=1)
+    assert again is not None and again.version != got.version
+    assert CostCalculator(prices=prices).cost("gpt-4o", None, input_tokens=1) == Cost(
+        Decimal("0.000002"), "user", got.version
+    )
+
+
+def test_user_prices_work_without_genai_prices_and_unknowns_stay_none() -> None:
+    """use_genai_prices=False prices only the configured models; others are unknown."""
+    calculator = CostCalculator(prices={"m": {"input": 1, "output": 1}}, use_genai_prices=False)
+    assert calculator.cost("m", None, input_tokens=1_000_000) == Cost(
+        Decimal(1),
+        "user",
+        calculator.cost("m", None, input_tokens=1).version,  # type: ignore[union-attr]
+    )
+    assert calculator.cost("gpt-4o", "openai", input_tokens=10) is None
+    assert calculator.stats.unknown_model == 1
+
+
+@pytest.mark.parametrize(
+    "prices",
+    [
+        {"m": {"input": -1, "output": 1}},
+        {"m": {"input": "NaN", "output": 1}},
+        {"m": {"input": "cheap", "output": 1}},
+        {"m": {"output": 1}},
+        {"m": {"input": 1, "output": 1, "cache_write": 2}},
+        {"m": {"input": float("inf"), "output": 1}},
+    ],
+)
+def test_malformed_user_prices_raise_at_construction_naming_the_model(
+    prices: dict[str, dict[str, object]],
+) -> None:
+    """A bad price is a configuration mistake: ConfigurationError at start-up, model named."""
+    with pytest.raises(ConfigurationError, match=r"prices\['m'\]"):
+        CostCalculator(prices=prices)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("counts", "outcome"),
+    [
+        ({"input_tokens": 10, "cached_input_tokens": 11}, "invalid_usage"),
+        ({"output_tokens": 10, "reasoning_tokens": 11}, "invalid_usage"),
+        ({"input_tokens": -1}, "invalid_usage"),
+        ({"input_tokens": True}, "invalid_usage"),
+        ({"input_tokens": 2.5}, "invalid_usage"),
+        ({"input_tokens": "10"}, "invalid_usage"),
+        ({"input_tokens": float("nan")}, "invalid_usage"),
+        ({}, "no_usage"),
+        ({"cached_input_tokens": 5}, "no_usage"),
+    ],
+)
+def test_bad_or_missing_counts_give_none_and_are_counted(
+    counts: dict[str, object], outcome: str
+) -> None:
+    """Inconsistent or non-integer counts never raise: None, counted by kind."""
+    calculator = CostCalculator()
+    assert calculator.cost("gpt-4o", "openai", **counts) is None  # type: ignore[arg-type]
+    assert getattr(calculator.stats, outcome) == 1
+    assert calculator.stats.priced == 0
+
+
+def test_whole_floats_and_missing_parts_are_accepted() -> None:
+    """1000.0 counts as 1000 and a missing part as 0, priced as genai-prices prices them."""
+    got = CostCalculator().cost(
+        "gpt-4o", "openai", input_tokens=1000.0, output_tokens=None, timestamp=WHEN
+    )
+    assert got is not None and got.usd == genai_total("gpt-4o", "openai", 1000, 0, 0, 0)
+
+
+def test_a_naive_timestamp_is_taken_as_utc() -> None:
+    """A naive datetime prices the same as the aware UTC one (no TypeError inside)."""
+    calculator = CostCalculator()
+    naive = calculator.cost("gpt-4o", "openai", input_tokens=5, timestamp=WHEN.replace(tzinfo=None))
+    assert naive == calculator.cost("gpt-4o", "openai", input_tokens=5, timestamp=WHEN)
+    assert calculator.stats.failed == 0
+
+
+def test_updated_price_data_shows_in_the_version() -> None:
+    """When UpdatePrices' data replaces the bundled data, the version names its date."""
+    bundled = data_snapshot.get_snapshot()
+    updated = data_snapshot.DataSnapshot(
+        providers=bundled.providers,
+        from_auto_update=True,
+        timestamp=dt.datetime(2026, 11, 29, 8, 30),
+    )
+    calculator = CostCalculator()
+    before = calculator.cost("gpt-4o", "openai", input_tokens=5, timestamp=WHEN)
+    data_snapshot.set_custom_snapshot(updated)
+    try:
+        after = calculator.cost("gpt-4o", "openai", input_tokens=5, timestamp=WHEN)
+    finally:
+        data_snapshot.set_custom_snapshot(None)
+    assert before is not None and before.version == genai_prices.__version__
+    assert after is not None
+    assert after.version == f"{genai_prices.__version__}+data.20261129T083000"
+    assert after.usd == before.usd
+
+
+def test_without_the_extra_the_module_imports_and_notes_it_once() -> None:
+    """With genai_prices unimportable: cost() is None, counted, and one warning says why."""
+    script = (
+        "import sys; sys.modules['genai_prices'] = None\n"
+        "from tracewriter._cost import CostCalculator\n"
+        "c = CostCalculator(prices={'mine': {'input': 1, 'output': 1}})\n"
+        "assert not c.load()\n"
+        "assert c.cost('gpt-4o', 'openai', input_tokens=5) is None\n"
+        "assert c.cost('gpt-4o', 'openai', input_tokens=5) is None\n"
+        "assert c.cost('mine', None, input_tokens=1_000_000).usd == 1\n"
+        "print('stats', c.stats.unavailable, c.stats.priced)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "stats 2 1" in done.stdout
+    assert done.stdout.count("cost_prices_unavailable") == 1
+    assert "tracewriter[cost]" in done.stdout
