@@ -157,10 +157,10 @@ class Rollup:
         """Add the metrics of rows written to ``table`` (open rows carry none yet), in one pass."""
         observe = _observe
         if table == schema.SPANS:
-            durations = self._cells("span.duration_ms")
-            inputs = self._cells("llm.input_tokens")
-            outputs = self._cells("llm.output_tokens")
-            costs = self._cells("llm.cost_usd")
+            durations = self._cells(schema.METRIC_SPAN_DURATION)
+            inputs = self._cells(schema.METRIC_LLM_INPUT_TOKENS)
+            outputs = self._cells(schema.METRIC_LLM_OUTPUT_TOKENS)
+            costs = self._cells(schema.METRIC_LLM_COST)
             for r in rows:
                 status, duration = r[_S_STATUS], r[_S_DUR]
                 if status == "open" or duration is None:
@@ -184,7 +184,7 @@ class Rollup:
                 if cost is not None:  # a Decimal: summed as a float, like every metric
                     observe(costs, dims, float(cost))
         elif table == schema.TRACES:
-            durations = self._cells("trace.duration_ms")
+            durations = self._cells(schema.METRIC_TRACE_DURATION)
             for r in rows:
                 status, duration = r[_T_STATUS], r[_T_DUR]
                 if status == "open" or duration is None:
@@ -192,13 +192,13 @@ class Rollup:
                 dims = (_minute(r[_T_TS]), "", "", r[_T_KB] or "", status)
                 observe(durations, dims, duration)
         elif table == schema.DOCUMENT_EVENTS:
-            durations = self._cells("document.duration_ms")
+            durations = self._cells(schema.METRIC_DOCUMENT_DURATION)
             for r in rows:
                 if r[_D_DUR] is not None:
                     dims = (_minute(r[_D_TS]), r[_D_TYPE] or "", "", r[_D_KB] or "", r[_D_STATUS])
                     observe(durations, dims, r[_D_DUR])
         elif table == schema.CHAT_MESSAGES:
-            tokens_cells = self._cells("chat.tokens")
+            tokens_cells = self._cells(schema.METRIC_CHAT_TOKENS)
             for r in rows:
                 dims = (_minute(r[_C_TS]), r[_C_ROLE] or "", "", r[_C_KB] or "", "")
                 observe(tokens_cells, dims, float(r[_C_TOKENS] or 0))

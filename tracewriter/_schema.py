@@ -140,3 +140,14 @@ END_FILL_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
 }
 
 HISTOGRAM_BUCKETS: Final = 40
+
+
+# The metrics the writer rolls up into metrics_aggregates, by name: what the roll-up writes and
+# what `tracewriter stats` reads (and the README documents).
+METRIC_SPAN_DURATION: Final = "span.duration_ms"
+METRIC_LLM_INPUT_TOKENS: Final = "llm.input_tokens"
+METRIC_LLM_OUTPUT_TOKENS: Final = "llm.output_tokens"
+METRIC_LLM_COST: Final = "llm.cost_usd"
+METRIC_TRACE_DURATION: Final = "trace.duration_ms"
+METRIC_DOCUMENT_DURATION: Final = "document.duration_ms"
+METRIC_CHAT_TOKENS: Final = "chat.tokens"

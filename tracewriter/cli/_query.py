@@ -19,6 +19,7 @@ from typing import Any, Final
 
 import asyncpg
 
+from tracewriter import _schema as schema
 from tracewriter._config import redact_dsn, redact_text
 from tracewriter.errors import TracewriterError
 
@@ -115,6 +116,13 @@ _PERCENTILES: Final = ", ".join(
 
 # LLM calls (rows with a model) grouped by ``key``: the model, or the knowledge base.
 # cost_usd: the sum of the priced calls' cost (NULL when none of them was priced).
+# Metric names come from _schema (their one home) as SQL literals: constants, never input.
+_SPAN_MS: Final = f"'{schema.METRIC_SPAN_DURATION}'"
+_TOKENS_IN: Final = f"'{schema.METRIC_LLM_INPUT_TOKENS}'"
+_TOKENS_OUT: Final = f"'{schema.METRIC_LLM_OUTPUT_TOKENS}'"
+_COST: Final = f"'{schema.METRIC_LLM_COST}'"
+
+
 def _llm_stats(key: str) -> str:
     return f"""
 SELECT key, calls, errors, input_tokens, output_tokens, cost_usd, avg_ms,
@@ -122,24 +130,23 @@ SELECT key, calls, errors, input_tokens, output_tokens, cost_usd, avg_ms,
        max_ms
 FROM (
     SELECT {key} AS key,
-           coalesce(sum(count) FILTER (WHERE metric = 'span.duration_ms'), 0)::bigint AS calls,
-           coalesce(sum(count) FILTER (WHERE metric = 'span.duration_ms'
+           coalesce(sum(count) FILTER (WHERE metric = {_SPAN_MS}), 0)::bigint AS calls,
+           coalesce(sum(count) FILTER (WHERE metric = {_SPAN_MS}
                                          AND status = 'error'), 0)::bigint AS errors,
-           coalesce(sum(sum) FILTER (WHERE metric = 'llm.input_tokens'), 0)::bigint
+           coalesce(sum(sum) FILTER (WHERE metric = {_TOKENS_IN}), 0)::bigint
                AS input_tokens,
-           coalesce(sum(sum) FILTER (WHERE metric = 'llm.output_tokens'), 0)::bigint
+           coalesce(sum(sum) FILTER (WHERE metric = {_TOKENS_OUT}), 0)::bigint
                AS output_tokens,
-           sum(sum) FILTER (WHERE metric = 'llm.cost_usd') AS cost_usd,
-           sum(sum) FILTER (WHERE metric = 'span.duration_ms')
-               / nullif(sum(count) FILTER (WHERE metric = 'span.duration_ms'), 0) AS avg_ms,
-           observability.sketch_merge(sketch) FILTER (WHERE metric = 'span.duration_ms') AS sk,
-           observability.histogram_sum(histogram) FILTER (WHERE metric = 'span.duration_ms')
+           sum(sum) FILTER (WHERE metric = {_COST}) AS cost_usd,
+           sum(sum) FILTER (WHERE metric = {_SPAN_MS})
+               / nullif(sum(count) FILTER (WHERE metric = {_SPAN_MS}), 0) AS avg_ms,
+           observability.sketch_merge(sketch) FILTER (WHERE metric = {_SPAN_MS}) AS sk,
+           observability.histogram_sum(histogram) FILTER (WHERE metric = {_SPAN_MS})
                AS hist,
-           min(min) FILTER (WHERE metric = 'span.duration_ms') AS min_ms,
-           max(max) FILTER (WHERE metric = 'span.duration_ms') AS max_ms
+           min(min) FILTER (WHERE metric = {_SPAN_MS}) AS min_ms,
+           max(max) FILTER (WHERE metric = {_SPAN_MS}) AS max_ms
     FROM observability.metrics_aggregates
-    WHERE metric IN ('span.duration_ms', 'llm.input_tokens', 'llm.output_tokens',
-                     'llm.cost_usd')
+    WHERE metric IN ({_SPAN_MS}, {_TOKENS_IN}, {_TOKENS_OUT}, {_COST})
       AND model <> ''
       AND {_WINDOW}
     GROUP BY 1
@@ -174,8 +181,8 @@ FROM (
 ORDER BY calls DESC, key
 """
 SPAN_TYPE_STATS_SQL: Final = _LATENCY_BY_TYPE
-SPAN_TYPE_METRIC: Final = "span.duration_ms"
-DOCUMENT_METRIC: Final = "document.duration_ms"
+SPAN_TYPE_METRIC: Final = schema.METRIC_SPAN_DURATION
+DOCUMENT_METRIC: Final = schema.METRIC_DOCUMENT_DURATION
 
 # Rows per table, optionally only those of one demo run: $1 a kb_id prefix (or NULL for all),
 # $2 the earliest "timestamp" (or NULL). dead_letters keeps no kb_id: only $2 applies there.
