@@ -16,7 +16,14 @@ from datetime import UTC, datetime
 from time import monotonic
 from typing import Any, Final
 
-from tracewriter._ids import new_span_id, new_trace_id
+from tracewriter._ids import (
+    ZERO_SPAN_ID,
+    ZERO_TRACE_ID,
+    is_valid_span_id,
+    is_valid_trace_id,
+    new_span_id,
+    new_trace_id,
+)
 
 __all__ = [
     "TraceContext",
@@ -29,11 +36,7 @@ __all__ = [
     "use_context",
 ]
 
-_ZERO_TRACE_ID: Final = "0" * 32
-_ZERO_SPAN_ID: Final = "0" * 16
 # `[0-9a-f]`, not `\d` or IGNORECASE: the spec allows lowercase ASCII hex only.
-_match_hex32 = re.compile(r"[0-9a-f]{32}").fullmatch
-_match_hex16 = re.compile(r"[0-9a-f]{16}").fullmatch
 # The fixed 55-character prefix shared by every version: version-trace_id-parent_id-flags.
 _match_traceparent = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})").match
 
@@ -64,16 +67,6 @@ _TRACEPARENT_LEN: Final = 55
 # values, and the W3C test suite (test_traceparent_ows_handling) expects a header with leading
 # or trailing OWS to be accepted; anything else around or inside the value is invalid.
 _OWS: Final = " \t"
-
-
-def is_valid_trace_id(value: object) -> bool:
-    """Return whether ``value`` is a W3C trace id: 32 lowercase hex characters, not all zeros."""
-    return isinstance(value, str) and _match_hex32(value) is not None and value != _ZERO_TRACE_ID
-
-
-def is_valid_span_id(value: object) -> bool:
-    """Return whether ``value`` is a W3C span id: 16 lowercase hex characters, not all zeros."""
-    return isinstance(value, str) and _match_hex16(value) is not None and value != _ZERO_SPAN_ID
 
 
 def _now() -> datetime:
@@ -188,7 +181,7 @@ class TraceContext:
         # Version 00 is exactly the prefix; a later version may append fields after a "-".
         if len(value) != _TRACEPARENT_LEN and (version == "00" or value[_TRACEPARENT_LEN] != "-"):
             return None
-        if version == "ff" or trace_id == _ZERO_TRACE_ID or parent_id == _ZERO_SPAN_ID:
+        if version == "ff" or trace_id == ZERO_TRACE_ID or parent_id == ZERO_SPAN_ID:
             return None
         _note_remote_flag(trace_id, bool(int(flags, 16) & 1))
         return _build(

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 
 # A generator of our own, seeded from os.urandom: an application that calls random.seed(n)
 # (common in ML code, and in hypothesis) must not make us repeat trace, span and row ids.
@@ -29,6 +28,11 @@ os.register_at_fork(after_in_child=_rng.seed)
 getrandbits = _rng.getrandbits
 
 __all__ = [
+    "HEX_DIGITS",
+    "ZERO_SPAN_ID",
+    "ZERO_TRACE_ID",
+    "is_valid_span_id",
+    "is_valid_trace_id",
     "new_span_id",
     "new_trace_id",
     "random_uuid7_hex",
@@ -36,8 +40,34 @@ __all__ = [
     "uuid7_hex",
 ]
 
-_match_hex16 = re.compile(r"[0-9a-f]{16}").fullmatch
-_match_hex3 = re.compile(r"[0-9a-f]{3}").fullmatch
+HEX_DIGITS = "0123456789abcdef"
+ZERO_TRACE_ID = "0" * 32
+ZERO_SPAN_ID = "0" * 16
+
+
+# The one W3C id check. str.strip with the hex digits leaves nothing exactly when every
+# character is one of them: a C-level scan, cheaper than a regular expression (it runs for
+# every row the writer builds).
+def is_valid_trace_id(value: object) -> bool:
+    """Return whether ``value`` is a W3C trace id: 32 lowercase hex characters, not all zeros."""
+    return (
+        type(value) is str
+        and len(value) == 32
+        and not value.strip(HEX_DIGITS)
+        and value != ZERO_TRACE_ID
+    )
+
+
+def is_valid_span_id(value: object) -> bool:
+    """Return whether ``value`` is a W3C span id: 16 lowercase hex characters, not all zeros."""
+    return (
+        type(value) is str
+        and len(value) == 16
+        and not value.strip(HEX_DIGITS)
+        and value != ZERO_SPAN_ID
+    )
+
+
 _MASK_48 = (1 << 48) - 1
 _MASK_62 = (1 << 62) - 1
 # Version 7 in bits 76-79 and variant 0b10 in bits 62-63 of the 128-bit value (RFC 9562 §5.7).

@@ -24,7 +24,15 @@ import orjson
 
 from tracewriter import _schema as schema
 from tracewriter._cost import CostCalculator
-from tracewriter._ids import random_uuid7_hex, row_id_for_valid_span
+from tracewriter._ids import (
+    HEX_DIGITS,
+    ZERO_SPAN_ID,
+    ZERO_TRACE_ID,
+    is_valid_span_id,
+    is_valid_trace_id,
+    random_uuid7_hex,
+    row_id_for_valid_span,
+)
 from tracewriter._schema import Row
 
 __all__ = [
@@ -437,19 +445,8 @@ def event_metadata(value: object) -> Any:
 
 # --- ids --------------------------------------------------------------------------------------
 
-_HEX: Final = "0123456789abcdef"
-_ZERO32: Final = "0" * 32
-_ZERO16: Final = "0" * 16
-
-
-def _hex32(value: object) -> bool:
-    # str.strip with the hex digits leaves nothing exactly when every character is one of them:
-    # a C-level scan, cheaper than a regular expression.
-    return type(value) is str and len(value) == 32 and not value.strip(_HEX) and value != _ZERO32
-
-
-def _hex16(value: object) -> bool:
-    return type(value) is str and len(value) == 16 and not value.strip(_HEX) and value != _ZERO16
+_hex32: Final = is_valid_trace_id
+_hex16: Final = is_valid_span_id
 
 
 def _bad_trace_id(value: object) -> InvalidEvent:
@@ -587,20 +584,23 @@ def _span_row(event: EventTuple, open_row: bool) -> Row:
     if not (
         type(trace_id) is str
         and len(trace_id) == 32
-        and not trace_id.strip(_HEX)
-        and trace_id != _ZERO32
+        and not trace_id.strip(HEX_DIGITS)
+        and trace_id != ZERO_TRACE_ID
     ):
         raise _bad_trace_id(trace_id)
     if not (
         type(span_id) is str
         and len(span_id) == 16
-        and not span_id.strip(_HEX)
-        and span_id != _ZERO16
+        and not span_id.strip(HEX_DIGITS)
+        and span_id != ZERO_SPAN_ID
     ):
         raise _bad_span_id(span_id)
     parent = event[PARENT_SPAN_ID]
     if parent is not None and not (
-        type(parent) is str and len(parent) == 16 and not parent.strip(_HEX) and parent != _ZERO16
+        type(parent) is str
+        and len(parent) == 16
+        and not parent.strip(HEX_DIGITS)
+        and parent != ZERO_SPAN_ID
     ):
         parent = None  # an unusable parent link is dropped rather than refusing the span
     ns = event[START_NS]
