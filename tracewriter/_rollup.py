@@ -138,21 +138,6 @@ class Rollup:
             cells = self._metrics[metric] = {}
         return cells
 
-    def add(
-        self,
-        ts: _dt.datetime,
-        metric: str,
-        value: float,
-        *,
-        span_type: str | None = None,
-        model: str | None = None,
-        kb_id: str | None = None,
-        status: str | None = None,
-    ) -> None:
-        """Add one observation of ``metric`` at time ``ts`` (a UTC datetime)."""
-        dims = (_minute(ts), span_type or "", model or "", kb_id or "", status or "")
-        _observe(self._cells(metric), dims, value)
-
     def add_rows(self, table: str, rows: Iterable[Row]) -> None:
         """Add the metrics of rows written to ``table`` (open rows carry none yet), in one pass."""
         observe = _observe

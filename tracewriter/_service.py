@@ -499,14 +499,14 @@ class ObservabilityService:
         try:
             c = ctx or current_context()
             kb_id = c.kb_id if c is not None else None
-            if not kb_id:
+            if c is None or not kb_id:
                 self._reject("document event without kb_id", event_type=clean_text(event_type, 64))
                 return
             end_ns = time_ns()
             self._emit(
-                (_DOCUMENT, end_ns, end_ns, c.trace_id if c else "", None, None, None, None,
-                status, duration_ms, None, error_message, c.user_id if c else None,
-                c.session_id if c else None, kb_id,
+                (_DOCUMENT, end_ns, end_ns, c.trace_id, None, None, None, None,
+                status, duration_ms, None, error_message, c.user_id,
+                c.session_id, kb_id,
                 None if metadata is None else snapshot_metadata(metadata),
                 (document_id, event_type, chunk_count))
             )  # fmt: skip
