@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
+import decimal
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import DateTime, Float, Integer, Text, Uuid
+from sqlalchemy import DateTime, Float, Integer, Numeric, Text, Uuid
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -52,6 +53,9 @@ class SpanRecord(_Base):
     user_id: Mapped[str | None] = mapped_column(Text)
     session_id: Mapped[str | None] = mapped_column(Text)
     kb_id: Mapped[str | None] = mapped_column(Text)
+    cost_usd: Mapped[decimal.Decimal | None] = mapped_column(Numeric)
+    price_source: Mapped[str | None] = mapped_column(Text)
+    price_version: Mapped[str | None] = mapped_column(Text)
     # "metadata" is reserved on declarative classes: the attribute takes another name.
     attributes: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONB)
 
