@@ -49,7 +49,7 @@ def _cpu(fn: Callable[[], object], per: int, repeat: int = 9) -> float:
 
 
 def _events(pkg: ModuleType, traces: int) -> list[Any]:
-    class Capture:
+    class Capture(pkg.Provider):  # type: ignore[name-defined,misc]
         name = "capture"
 
         def __init__(self) -> None:

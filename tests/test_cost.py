@@ -280,3 +280,85 @@ def test_without_the_extra_the_module_imports_and_notes_it_once() -> None:
     assert "stats 2 1" in done.stdout
     assert done.stdout.count("cost_prices_unavailable") == 1
     assert "tracewriter[cost]" in done.stdout
+
+
+# --- price(): the row builders' positional entry, with remembered plans -------------------------
+
+
+def test_price_prices_the_whole_catalogue_as_cost_does_once_the_plan_is_remembered() -> None:
+    """price() twice per model (the second from the remembered plan) against genai-prices."""
+    rng = random.Random(11)
+    calculator = CostCalculator()
+    compared = 0
+    for provider in data_snapshot.get_snapshot().providers:
+        for model in provider.models:
+            for _ in range(2):
+                inp = rng.choice([0, 1, 900, 127_999, 128_001, 200_001, 1_500_000])
+                cached = rng.randrange(inp + 1)
+                out = rng.choice([0, 7, 4_000, 90_000])
+                reasoning = rng.randrange(out + 1)
+                want = genai_total(model.id, provider.id, inp, cached, out, reasoning)
+                got = calculator.price(model.id, provider.id, inp, out, cached, reasoning, WHEN)
+                if want is None:
+                    assert got is None, (provider.id, model.id)
+                else:
+                    assert got is not None and got.usd == want, (provider.id, model.id, inp)
+                    assert got.version == genai_prices.__version__
+                    compared += 1
+    assert compared > 2000
+    assert calculator.stats.failed == 0
+    assert len(calculator._plans) > 500  # the fast path was there to be taken
+
+
+@pytest.mark.parametrize(
+    ("counts", "outcome"),
+    [
+        ((10, None, 11, None), "invalid_usage"),  # cached above input
+        ((None, 10, None, 11), "invalid_usage"),  # reasoning above output
+        ((-1, None, None, None), "invalid_usage"),
+        ((True, None, None, None), "invalid_usage"),
+        ((2.5, None, None, None), "invalid_usage"),
+        (("10", None, None, None), "invalid_usage"),
+        ((None, None, None, None), "no_usage"),
+        ((None, None, 5, None), "no_usage"),
+    ],
+)
+def test_price_on_a_remembered_plan_still_refuses_bad_counts(
+    counts: tuple[object, object, object, object], outcome: str
+) -> None:
+    """Once gpt-4o has a plan, bad counts still give None and are counted, as through cost()."""
+    calculator = CostCalculator()
+    assert calculator.price("gpt-4o", "openai", 5, 5, None, None, WHEN) is not None
+    inp, out, cached, reasoning = counts
+    assert calculator.price("gpt-4o", "openai", inp, out, cached, reasoning, WHEN) is None
+    assert getattr(calculator.stats, outcome) == 1
+    assert calculator.stats.priced == 1
+
+
+def test_price_with_user_prices_and_missing_parts_from_the_plan() -> None:
+    """User prices through price(), twice; a missing count is 0, as cost() takes it."""
+    calculator = CostCalculator(prices={"mine": {"input": 2, "output": 4}})
+    for _ in range(2):
+        got = calculator.price("mine", None, 1_000_000, None, None, None, WHEN)
+        assert got is not None and got.usd == 2 and got.source == "user"
+        got = calculator.price("mine", None, None, 500_000, None, None, WHEN)
+        assert got is not None and got.usd == 2
+    assert calculator.stats.priced == 4
+
+
+def test_price_follows_new_price_data_after_a_plan_was_remembered() -> None:
+    """UpdatePrices' data replacing the bundled data makes price() ask again (new version)."""
+    bundled = data_snapshot.get_snapshot()
+    updated = data_snapshot.DataSnapshot(
+        providers=bundled.providers, from_auto_update=True, timestamp=dt.datetime(2026, 11, 29)
+    )
+    calculator = CostCalculator()
+    before = calculator.price("gpt-4o", "openai", 5, 5, None, None, WHEN)
+    data_snapshot.set_custom_snapshot(updated)
+    try:
+        after = calculator.price("gpt-4o", "openai", 5, 5, None, None, WHEN)
+    finally:
+        data_snapshot.set_custom_snapshot(None)
+    assert before is not None and after is not None
+    assert after.version == f"{genai_prices.__version__}+data.20261129T000000"
+    assert after.usd == before.usd

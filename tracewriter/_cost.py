@@ -124,6 +124,9 @@ class CostStats:
         return self.unknown_model + self.invalid_usage + self.unavailable + self.failed
 
 
+_new_tuple: Final = tuple.__new__
+
+
 class _Counts(NamedTuple):
     """One call's token counts, checked: non-negative, parts within their wholes."""
 
@@ -219,6 +222,16 @@ def _count(value: object) -> int | None:
     return -1
 
 
+class _Plan(NamedTuple):
+    """How to price one (model, provider) again without asking: see CostCalculator.price."""
+
+    thresholds: list[int] | tuple[()]
+    rates: dict[int, _Rates | None]
+    source: str
+    version: str
+    snapshot: Any  # the genai-prices data it came from (None for a user price)
+
+
 class _Tiers:
     """genai-prices' price for one model at one time, as linear rates per input tier."""
 
@@ -264,6 +277,9 @@ class CostCalculator:
         self._version = ""
         self._models: dict[tuple[str, str], Any] = {}  # (provider, model) -> ModelInfo | None
         self._tiers: dict[int, _Tiers] = {}  # id(ModelPrice) -> its rates
+        # (model, provider) -> how to price it without asking again, for prices that do not
+        # change with the time of the call: see price().
+        self._plans: dict[tuple[object, object], _Plan] = {}
         self._unknown_log = RateLimitedLog(_log, "cost_model_unknown", level="info", interval=60)
         self._failed_log = RateLimitedLog(_log, "cost_failed", interval=60)
 
@@ -306,6 +322,71 @@ class CostCalculator:
             self._failed_log.hit(model=str(model)[:100], error=repr(exc)[:300])
             return None
 
+    def price(  # noqa: PLR0917 - positional on purpose: once per LLM row
+        self,
+        model: object,
+        provider: object,
+        input_tokens: object,
+        output_tokens: object,
+        cached_input_tokens: object,
+        reasoning_tokens: object,
+        timestamp: _dt.datetime | None,
+    ) -> Cost | None:
+        """:meth:`cost` with positional arguments, for the row builders (once per LLM row).
+
+        A model priced before at a price that does not depend on the time of the call (every
+        user price; a genai-prices model without dated or time-of-day prices) has a remembered
+        plan: its tier thresholds and per-tier rates. A call with plain non-negative int counts
+        is then priced with one dict lookup and four Decimal multiplications, about a tenth of
+        the way through :meth:`cost`, which takes everything else (and fills the plans).
+        """
+        plan = self._plans.get((model, provider or None))
+        if plan is not None:
+            inp, out = input_tokens, output_tokens
+            cached = 0 if cached_input_tokens is None else cached_input_tokens
+            reasoning = 0 if reasoning_tokens is None else reasoning_tokens
+            if inp is None:
+                inp = 0 if out is not None else -1
+            elif out is None:
+                out = 0
+            if (
+                type(inp) is int
+                and type(out) is int
+                and type(cached) is int
+                and type(reasoning) is int
+                and 0 <= cached <= inp
+                and 0 <= reasoning <= out
+                and (plan.snapshot is None or plan.snapshot is _data_snapshot.get_snapshot())
+            ):
+                thresholds = plan.thresholds
+                rates = plan.rates.get(bisect_left(thresholds, inp) if thresholds else 0)
+                if rates is not None:
+                    self.stats.priced += 1
+                    base, uncached_rate, cached_rate, output_rate, reasoning_rate = rates
+                    # _linear's sum, skipping the parts that are zero (most calls have no
+                    # cached or reasoning tokens): each Decimal product costs ~0.1 µs.
+                    usd = base + uncached_rate * (inp - cached) + output_rate * (out - reasoning)
+                    if cached:
+                        usd += cached_rate * cached
+                    if reasoning:
+                        usd += reasoning_rate * reasoning
+                    # tuple.__new__: a NamedTuple's own __new__ is a Python-level call.
+                    return _new_tuple(Cost, (usd, plan.source, plan.version))
+        return self.cost(
+            model,  # type: ignore[arg-type]  # cost() refuses what is not a model name
+            provider,  # type: ignore[arg-type]
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cached_input_tokens=cached_input_tokens,
+            reasoning_tokens=reasoning_tokens,
+            timestamp=timestamp,
+        )
+
+    def _remember(self, model: str, provider: str | None, plan: _Plan) -> None:
+        if len(self._plans) >= _MAX_REMEMBERED:
+            self._plans.clear()
+        self._plans[(model, provider)] = plan
+
     def _price(
         self,
         model: str | None,
@@ -325,6 +406,9 @@ class CostCalculator:
                 rates = self._user.get(key)
             if rates is not None:
                 self.stats.priced += 1
+                self._remember(
+                    model, provider, _Plan((), {0: rates}, USER, self._user_version, None)
+                )
                 return Cost(_linear(rates, counts), USER, self._user_version)
 
         if not self._use_genai:
@@ -355,6 +439,7 @@ class CostCalculator:
             self._snapshot = snapshot
             self._models.clear()
             self._tiers.clear()
+            self._plans.clear()
             self._version = str(_genai_prices.__version__)
             if snapshot.from_auto_update:
                 self._version += f"+data.{snapshot.timestamp:%Y%m%dT%H%M%S}"
@@ -391,6 +476,14 @@ class CostCalculator:
                 provider_info, model_info, tiers, segment, when
             )
         rates = tiers.rates[segment]
+        if not isinstance(model_info.prices, list):
+            # One price for all time (no dated or time-of-day prices): price() may reuse the
+            # tiers' rates, filled in here segment by segment, for as long as this snapshot
+            # lasts. (Had the user priced this model, we would not be here: that never changes.)
+            self._remember(
+                model, provider, _Plan(tiers.thresholds, tiers.rates, GENAI_PRICES, self._version,
+                                       snapshot)
+            )  # fmt: skip
         if rates is None:  # not linear: let genai-prices price it
             usd = self._calc(provider_info, model_info, counts, when)
         else:

@@ -578,7 +578,12 @@ _DOC_LABELS: Final = (64, 32)  # event_type, status
 # malformed id, an int out of range, metadata with a backslash) take a function call.
 
 
-def _span_row(event: EventTuple, open_row: bool) -> Row:
+# CostCalculator.price: (model, provider, input, output, cached, reasoning, timestamp) -> Cost.
+Pricer = Callable[[Any, Any, Any, Any, Any, Any, Any], "tuple[Any, Any, Any] | None"]
+_NO_COST: Final = (None, None, None)  # cost_usd, price_source, price_version
+
+
+def _span_row(event: EventTuple, open_row: bool, price: Pricer | None = None) -> Row:
     trace_id = event[TRACE_ID]
     span_id = event[SPAN_ID]
     if not (
@@ -651,6 +656,13 @@ def _span_row(event: EventTuple, open_row: bool) -> Row:
         labels = None
     if labels is None:
         labels = _group(key, _IDENTITY)
+    cost = None
+    if (
+        price is not None
+        and model is not None
+        and (input_tokens is not None or output_tokens is not None)
+    ):
+        cost = price(model, provider, input_tokens, output_tokens, cached, reasoning, start)
     error_type = event[ERROR_TYPE]
     error_message = event[ERROR_MESSAGE]
     metadata = event[METADATA]
@@ -677,9 +689,7 @@ def _span_row(event: EventTuple, open_row: bool) -> Row:
         cached,
         reasoning,
         *labels,
-        None,  # cost_usd, price_source, price_version: filled by priced_builders()
-        None,
-        None,
+        *(_NO_COST if cost is None else cost),  # cost_usd, price_source, price_version
         metadata,
     )
 
@@ -914,7 +924,7 @@ def priced_builders(
     Runs where rows are built, in the background path. A call the calculator cannot price
     keeps NULLs, and the calculator counts why.
     """
-    price = cost.cost
+    price = cost.price
 
     def price_row(row: Row) -> Row:
         model = row[_P_MODEL]
@@ -922,11 +932,11 @@ def priced_builders(
             found = price(
                 model,
                 row[_P_PROVIDER],
-                input_tokens=row[_P_IN],
-                output_tokens=row[_P_OUT],
-                cached_input_tokens=row[_P_CACHED],
-                reasoning_tokens=row[_P_REASONING],
-                timestamp=row[_P_TS],
+                row[_P_IN],
+                row[_P_OUT],
+                row[_P_CACHED],
+                row[_P_REASONING],
+                row[_P_TS],
             )
             if found is not None:
                 return (*row[:_P_COST], *found, *row[_P_AFTER:])
@@ -941,15 +951,21 @@ def priced_builders(
 
         return build_custom, None
 
-    def with_price(builder: Callable[[EventTuple], Row]) -> Callable[[EventTuple], Row]:
-        def build_priced(event: EventTuple) -> Row:
-            return price_row(builder(event))
+    # The default span builders price as they build: no second pass rebuilding the row.
+    span_price = cost.price
 
-        return build_priced
+    def complete_span(event: EventTuple) -> Row:
+        return _span_row(event, False, span_price)
 
+    def open_span(event: EventTuple) -> Row:
+        return _span_row(event, True, span_price)
+
+    priced: dict[Callable[[EventTuple], Row], Callable[[EventTuple], Row]] = {
+        _complete_span: complete_span,
+        _open_span: open_span,
+    }
     table: Builders = {
-        kind: (target, with_price(builder) if target == schema.SPANS else builder)
-        for kind, (target, builder) in BUILDERS.items()
+        kind: (target, priced.get(builder, builder)) for kind, (target, builder) in BUILDERS.items()
     }
     get = table.get
 
