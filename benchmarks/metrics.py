@@ -84,12 +84,12 @@ def main() -> None:
 
     def ours() -> None:
         for m, p, i, o, _, _ in calls:
-            calculator.cost(m, p, input_tokens=i, output_tokens=o, timestamp=when)
+            calculator.price(m, p, i, o, None, None, when)  # what the row builders call
 
     def roll() -> None:
         r = Rollup()
         r.add_rows(schema.SPANS, rows)
-        r.rows()
+        r.take_rows(len(r))
 
     cases: list[tuple[str, Callable[[], object], int]] = [
         ("value: √2 histogram bucket + increment", histogram, len(values)),

@@ -94,7 +94,7 @@ class WriterConfig:
     atexit_timeout: float = 2.0
     partition_check_interval: float = 600.0
     provider_name: str = "postgres"
-    copy_yield_rows: int = 256
+    copy_yield_rows: int = 32
     dead_letter_max_chars: int = 100_000
     redact: Any = "default"
     capture_content: str = "full"

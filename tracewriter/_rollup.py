@@ -188,30 +188,37 @@ class Rollup:
                 dims = (_minute(r[_C_TS]), r[_C_ROLE] or "", "", r[_C_KB] or "", "")
                 observe(tokens_cells, dims, float(r[_C_TOKENS] or 0))
 
-    def rows(self) -> list[Row]:
-        """The roll-up as rows in :data:`tracewriter._schema.METRIC_COLUMNS` order."""
+    def take_rows(self, limit: int) -> list[Row]:
+        """Up to ``limit`` cells as rows in :data:`tracewriter._schema.METRIC_COLUMNS` order,
+        removed from the roll-up."""
         out: list[Row] = []
-        starts: dict[int, _dt.datetime] = {}
-        for metric, cells in self._metrics.items():
-            for (minute, span_type, model, kb_id, status), cell in cells.items():
-                ts = starts.get(minute)
-                if ts is None:
-                    ts = starts[minute] = _minute_start(minute)
-                out.append(
-                    (
-                        random_uuid7_hex(int(ts.timestamp() * 1000)),
-                        ts,
-                        metric,
-                        span_type,
-                        model,
-                        kb_id,
-                        status,
-                        cell[0],
-                        float(cell[1]),
-                        float(cell[2]),
-                        float(cell[3]),
-                        cell[_HIST_AT:],
-                        encode_sketch(cell[_SKETCH_AT]),
-                    )
-                )
+        metrics = self._metrics
+        while metrics and len(out) < limit:
+            metric = next(iter(metrics))
+            cells = metrics[metric]
+            while cells and len(out) < limit:
+                dims = next(iter(cells))
+                out.append(_row(metric, dims, cells.pop(dims)))
+            if not cells:
+                del metrics[metric]
         return out
+
+
+def _row(metric: str, dims: Dims, cell: Cell) -> Row:
+    minute, span_type, model, kb_id, status = dims
+    ts = _minute_start(minute)
+    return (
+        random_uuid7_hex(int(ts.timestamp() * 1000)),
+        ts,
+        metric,
+        span_type,
+        model,
+        kb_id,
+        status,
+        cell[0],
+        float(cell[1]),
+        float(cell[2]),
+        float(cell[3]),
+        cell[_HIST_AT:],
+        encode_sketch(cell[_SKETCH_AT]),
+    )
