@@ -35,7 +35,7 @@ def test_defaults_are_valid() -> None:
     assert config.flush_interval == 1.0
     assert config.max_batch_rows == 5000
     assert config.max_buffer_rows == 100_000
-    assert config.pool_size == 4
+    assert config.pool_size == 2
     assert config.thread_mode is False
     assert config.pgbouncer is False
 
@@ -70,7 +70,7 @@ def test_from_env_reads_every_field_type() -> None:
         "TRACEWRITER_FLUSH_INTERVAL": "0.25",
         "TRACEWRITER_MAX_BATCH_ROWS": "100",
         "TRACEWRITER_MAX_BUFFER_ROWS": "1_000",
-        "TRACEWRITER_POOL_SIZE": " 2 ",
+        "TRACEWRITER_POOL_SIZE": " 3 ",
         "TRACEWRITER_OPEN_ROW_GRACE": "0",
         "TRACEWRITER_THREAD_MODE": "yes",
         "TRACEWRITER_PGBOUNCER": "On",
@@ -98,7 +98,7 @@ def test_from_env_reads_every_field_type() -> None:
         flush_interval=0.25,
         max_batch_rows=100,
         max_buffer_rows=1000,
-        pool_size=2,
+        pool_size=3,
         open_row_grace=0.0,
         thread_mode=True,
         pgbouncer=True,

@@ -43,8 +43,10 @@ class WriterConfig:
         flush_interval: seconds between flushes (a full batch flushes early).
         max_batch_rows: rows per COPY batch, and the buffer size that triggers an early flush.
         max_buffer_rows: rows held at most; beyond that new events are dropped and counted.
-        pool_size: connections in the writer's pool (1 works, 2 or more recommended so tables
-            can flush in parallel).
+        pool_size: connections in the writer's pool, hence COPYs at once (1 works; 2, the
+            default, lets tables flush in parallel). One Python process encodes ~35,000 rows/s
+            and two COPY backends take more than that, so more connections add server
+            backends competing for CPU (on a shared host, the application's), not throughput.
         open_row_grace: seconds an open span is held back waiting for its end before it is
             written as an open row.
         thread_mode: run the writer on its own thread with its own event loop.
@@ -82,7 +84,7 @@ class WriterConfig:
     flush_interval: float = 1.0
     max_batch_rows: int = 5000
     max_buffer_rows: int = 100_000
-    pool_size: int = 4
+    pool_size: int = 2
     open_row_grace: float = 5.0
     thread_mode: bool = False
     pgbouncer: bool = False
