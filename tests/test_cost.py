@@ -6,6 +6,7 @@ import datetime as dt
 import random
 import subprocess
 import sys
+from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
@@ -94,32 +95,45 @@ def test_cost_equals_genai_prices_own_calculation(
     assert got == Cost(want, "genai-prices", genai_prices.__version__)
 
 
-def test_every_model_in_the_price_database_is_priced_as_genai_prices_prices_it() -> None:
-    """Across the whole bundled catalogue (seeded counts, both sides of the tiers): equal."""
-    rng = random.Random(15)
-    calculator = CostCalculator()
-    compared = 0
+def catalogue_calls(seed: int, per_model: int) -> Iterator[tuple[str, str, int, int, int, int]]:
+    """(model, provider, input, cached, output, reasoning) for every model of the bundled
+    catalogue, ``per_model`` times, with seeded counts on both sides of the price tiers."""
+    rng = random.Random(seed)
     for provider in data_snapshot.get_snapshot().providers:
         for model in provider.models:
-            inp = rng.choice([0, 1, 900, 127_999, 128_001, 200_001, 1_500_000])
-            cached = rng.randrange(inp + 1)
-            out = rng.choice([0, 7, 4_000, 90_000])
-            reasoning = rng.randrange(out + 1)
-            want = genai_total(model.id, provider.id, inp, cached, out, reasoning)
-            got = calculator.cost(
-                model.id,
-                provider.id,
-                input_tokens=inp,
-                cached_input_tokens=cached,
-                output_tokens=out,
-                reasoning_tokens=reasoning,
-                timestamp=WHEN,
-            )
-            if want is None:  # genai-prices cannot resolve it either: neither can we
-                assert got is None, (provider.id, model.id)
-            else:
-                assert got is not None and got.usd == want, (provider.id, model.id)
-                compared += 1
+            for _ in range(per_model):
+                inp = rng.choice([0, 1, 900, 127_999, 128_001, 200_001, 1_500_000])
+                out = rng.choice([0, 7, 4_000, 90_000])
+                yield (
+                    model.id,
+                    provider.id,
+                    inp,
+                    rng.randrange(inp + 1),
+                    out,
+                    rng.randrange(out + 1),
+                )
+
+
+def test_every_model_in_the_price_database_is_priced_as_genai_prices_prices_it() -> None:
+    """Across the whole bundled catalogue (seeded counts, both sides of the tiers): equal."""
+    calculator = CostCalculator()
+    compared = 0
+    for model_id, provider_id, inp, cached, out, reasoning in catalogue_calls(15, 1):
+        want = genai_total(model_id, provider_id, inp, cached, out, reasoning)
+        got = calculator.cost(
+            model_id,
+            provider_id,
+            input_tokens=inp,
+            cached_input_tokens=cached,
+            output_tokens=out,
+            reasoning_tokens=reasoning,
+            timestamp=WHEN,
+        )
+        if want is None:  # genai-prices cannot resolve it either: neither can we
+            assert got is None, (provider_id, model_id)
+        else:
+            assert got is not None and got.usd == want, (provider_id, model_id)
+            compared += 1
     assert compared > 1000
     assert calculator.stats.failed == 0
 
@@ -287,24 +301,17 @@ def test_without_the_extra_the_module_imports_and_notes_it_once() -> None:
 
 def test_price_prices_the_whole_catalogue_as_cost_does_once_the_plan_is_remembered() -> None:
     """price() twice per model (the second from the remembered plan) against genai-prices."""
-    rng = random.Random(11)
     calculator = CostCalculator()
     compared = 0
-    for provider in data_snapshot.get_snapshot().providers:
-        for model in provider.models:
-            for _ in range(2):
-                inp = rng.choice([0, 1, 900, 127_999, 128_001, 200_001, 1_500_000])
-                cached = rng.randrange(inp + 1)
-                out = rng.choice([0, 7, 4_000, 90_000])
-                reasoning = rng.randrange(out + 1)
-                want = genai_total(model.id, provider.id, inp, cached, out, reasoning)
-                got = calculator.price(model.id, provider.id, inp, out, cached, reasoning, WHEN)
-                if want is None:
-                    assert got is None, (provider.id, model.id)
-                else:
-                    assert got is not None and got.usd == want, (provider.id, model.id, inp)
-                    assert got.version == genai_prices.__version__
-                    compared += 1
+    for model_id, provider_id, inp, cached, out, reasoning in catalogue_calls(11, 2):
+        want = genai_total(model_id, provider_id, inp, cached, out, reasoning)
+        got = calculator.price(model_id, provider_id, inp, out, cached, reasoning, WHEN)
+        if want is None:
+            assert got is None, (provider_id, model_id)
+        else:
+            assert got is not None and got.usd == want, (provider_id, model_id, inp)
+            assert got.version == genai_prices.__version__
+            compared += 1
     assert compared > 2000
     assert calculator.stats.failed == 0
     assert len(calculator._plans) > 500  # the fast path was there to be taken
