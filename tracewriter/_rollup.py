@@ -12,8 +12,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+from bisect import bisect_left as _bisect_left
+from bisect import bisect_right as _bisect_right
+from collections import Counter as _Counter
 from collections.abc import Iterable
+from itertools import repeat as _repeat
 from math import frexp
+from operator import truediv as _truediv
 from typing import Any, Final
 
 from tracewriter import _schema as schema
@@ -54,35 +59,53 @@ def histogram_bucket(value: float) -> int:
     return bucket if bucket < _LAST_BUCKET else _LAST_BUCKET
 
 
-def _observe(cells: dict[Dims, Cell], dims: Dims, value: float) -> None:
-    # histogram_bucket inlined: this runs for every metric of every row written.
-    if value >= 1.0:
-        mantissa, exp = frexp(value)
-        bucket = 2 * exp - 1 if mantissa < _HALF_SQRT2 else 2 * exp
-        if bucket > _LAST_BUCKET:  # noqa: PLR1730 - min() is a call; this runs per metric per row
-            bucket = _LAST_BUCKET
-    else:
-        bucket = 0
-    # _sketch.bucket_key inlined, the same expression (rows hold no NaN; +inf is skipped)
-    if value <= 0.0:
-        key: int | None = ZERO_KEY
-    elif value < _INF:
-        key = _ceil(_log(value) / _LOG_GAMMA)
-    else:
-        key = None
+# Lower edges of histogram buckets 1..39, exact: frexp(v) = (m, e) puts v in bucket 2e-1 when
+# m < √2/2 and in 2e otherwise, and m < √2/2 exactly when v < (√2/2)·2**e (scaling by a power
+# of two is exact). So bucket 2e-1 starts at 2**(e-1) and bucket 2e at (√2/2)·2**e, and
+# histogram_bucket(v) == bisect_right(_EDGES, v) for every finite v.
+_EDGES: Final = tuple(
+    2.0 ** ((b - 1) // 2) if b % 2 else _HALF_SQRT2 * 2.0 ** (b // 2)
+    for b in range(1, schema.HISTOGRAM_BUCKETS)
+)
+
+
+def _fold(cells: dict[Dims, Cell], dims: Dims, values: list[Any]) -> None:
+    """Add ``values`` (finite numbers, as rows hold them; sorted here) to the cell at ``dims``.
+
+    The same counts, bounds, histogram buckets and sketch keys as adding them one by one, but
+    with the per-value work in C: one sort, a bisect per histogram bucket the values span, and
+    the sketch keys by ``map`` over ``log``, counted by ``Counter``.
+    """
+    values.sort()
+    n = len(values)
+    lo, hi = values[0], values[-1]
     cell = cells.get(dims)
     if cell is None:
-        cell = cells[dims] = [0, 0, value, value, {}, *_EMPTY_HISTOGRAM]
-    cell[0] += 1
-    cell[1] += value
-    if value < cell[2]:
-        cell[2] = value
-    elif value > cell[3]:
-        cell[3] = value
-    cell[_HIST_AT + bucket] += 1
-    if key is not None:
-        bins = cell[_SKETCH_AT]
-        bins[key] = bins.get(key, 0) + 1
+        cell = cells[dims] = [0, 0, lo, hi, {}, *_EMPTY_HISTOGRAM]
+    else:
+        cell[2] = min(cell[2], lo)
+        cell[3] = max(cell[3], hi)
+    cell[0] += n
+    cell[1] += sum(values)
+    # histogram: the values are sorted, so each bucket they span is one slice
+    first, last = _bisect_right(_EDGES, lo), _bisect_right(_EDGES, hi)
+    start = 0
+    for bucket in range(first, last):
+        end = _bisect_left(values, _EDGES[bucket], start)  # _EDGES[b] starts bucket b + 1
+        cell[_HIST_AT + bucket] += end - start
+        start = end
+    cell[_HIST_AT + last] += n - start
+    # sketch: ZERO_KEY for values <= 0, ceil(log(v) / log(gamma)) above, +inf skipped
+    bins: dict[int, int] = cell[_SKETCH_AT]
+    zeros = _bisect_right(values, 0.0) if lo <= 0.0 else 0
+    if zeros:
+        bins[ZERO_KEY] = bins.get(ZERO_KEY, 0) + zeros
+    top = _bisect_left(values, _INF, zeros) if hi == _INF else n
+    if zeros < top:
+        positive = values[zeros:top] if zeros or top < n else values
+        keys = map(_ceil, map(_truediv, map(_log, positive), _repeat(_LOG_GAMMA)))
+        for key, count in _Counter(keys).items():
+            bins[key] = bins.get(key, 0) + count
 
 
 _EMPTY_HISTOGRAM: Final = (0,) * schema.HISTOGRAM_BUCKETS
@@ -121,16 +144,51 @@ def _minute_start(minute: int) -> _dt.datetime:
     return _DAY_ZERO + (minute - 1440) * _ONE_MINUTE
 
 
-class Rollup:
-    """count, sum, min, max, sketch, histogram per minute, metric, span_type, model, kb, status."""
+# Values wait in a list per dimensions and metric until FOLD_AT of them are there (or the
+# flush asks for the roll-up), then fold into their cell in one go: sorting and counting in C
+# costs ~0.2 µs a value in batches of hundreds, against ~0.6 µs folded one at a time, and
+# ~1 µs in the handful a 64-row slice has per dimensions. One fold of FOLD_AT values takes
+# ~50 µs, so a slice of the flusher's work stays short.
+FOLD_AT: Final = 256
 
-    __slots__ = ("_metrics",)
+# Per table: the metrics its rows carry, in the order of a pending group's lists.
+_SPAN_METRICS: Final = (
+    schema.METRIC_SPAN_DURATION,
+    schema.METRIC_LLM_INPUT_TOKENS,
+    schema.METRIC_LLM_OUTPUT_TOKENS,
+    schema.METRIC_LLM_COST,
+)
+_TABLE_METRICS: Final = {
+    schema.SPANS: _SPAN_METRICS,
+    schema.TRACES: (schema.METRIC_TRACE_DURATION,),
+    schema.DOCUMENT_EVENTS: (schema.METRIC_DOCUMENT_DURATION,),
+    schema.CHAT_MESSAGES: (schema.METRIC_CHAT_TOKENS,),
+}
+Group = tuple[list[Any], ...]
+
+
+class Rollup:
+    """count, sum, min, max, sketch, histogram per minute, metric, span_type, model, kb, status.
+
+    :meth:`add_rows` only collects values (a dict lookup and a few appends per row); they
+    are folded into the cells FOLD_AT at a time, by :meth:`fold` or when a group is full.
+    """
+
+    __slots__ = ("_metrics", "_pending")
 
     def __init__(self) -> None:
         self._metrics: dict[str, dict[Dims, Cell]] = {}
+        # table -> dims -> one list of values per metric of the table (_TABLE_METRICS)
+        self._pending: dict[str, dict[Dims, Group]] = {}
 
     def __len__(self) -> int:
+        """Cells ready for :meth:`take_rows` (values still pending are not cells yet)."""
         return sum(len(cells) for cells in self._metrics.values())
+
+    @property
+    def pending(self) -> bool:
+        """Whether values wait to be folded (:meth:`fold`) before every cell is complete."""
+        return any(self._pending.values())
 
     def _cells(self, metric: str) -> dict[Dims, Cell]:
         cells = self._metrics.get(metric)
@@ -138,14 +196,31 @@ class Rollup:
             cells = self._metrics[metric] = {}
         return cells
 
+    def _fold_group(self, table: str, dims: Dims, group: Group) -> int:
+        folded = 0
+        for metric, values in zip(_TABLE_METRICS[table], group, strict=True):
+            if values:
+                folded += len(values)
+                _fold(self._cells(metric), dims, values)
+        return folded
+
+    def fold(self, budget: int) -> bool:
+        """Fold pending values into their cells, about ``budget`` values' worth (always at
+        least one group); returns whether any are still pending."""
+        for table, groups in self._pending.items():
+            while groups and budget > 0:
+                dims, group = groups.popitem()
+                budget -= self._fold_group(table, dims, group)
+        return self.pending
+
     def add_rows(self, table: str, rows: Iterable[Row]) -> None:
-        """Add the metrics of rows written to ``table`` (open rows carry none yet), in one pass."""
-        observe = _observe
+        """Collect the metrics of rows written to ``table`` (open rows carry none yet)."""
+        groups = self._pending.get(table)
+        if groups is None:
+            if table not in _TABLE_METRICS:
+                return
+            groups = self._pending[table] = {}
         if table == schema.SPANS:
-            durations = self._cells(schema.METRIC_SPAN_DURATION)
-            inputs = self._cells(schema.METRIC_LLM_INPUT_TOKENS)
-            outputs = self._cells(schema.METRIC_LLM_OUTPUT_TOKENS)
-            costs = self._cells(schema.METRIC_LLM_COST)
             for r in rows:
                 status, duration = r[_S_STATUS], r[_S_DUR]
                 if status == "open" or duration is None:
@@ -158,39 +233,51 @@ class Rollup:
                     r[_S_KB] or "",
                     status,
                 )
-                observe(durations, dims, duration)
+                group = groups.get(dims)
+                if group is None:
+                    group = groups[dims] = ([], [], [], [])
+                durations = group[0]
+                durations.append(duration)
                 tokens = r[_S_IN]
                 if tokens is not None:
-                    observe(inputs, dims, tokens)
+                    group[1].append(tokens)
                 tokens = r[_S_OUT]
                 if tokens is not None:
-                    observe(outputs, dims, tokens)
+                    group[2].append(tokens)
                 cost = r[_S_COST]
                 if cost is not None:  # a Decimal: summed as a float, like every metric
-                    observe(costs, dims, float(cost))
-        elif table == schema.TRACES:
-            durations = self._cells(schema.METRIC_TRACE_DURATION)
-            for r in rows:
-                status, duration = r[_T_STATUS], r[_T_DUR]
-                if status == "open" or duration is None:
+                    group[3].append(float(cost))
+                if len(durations) >= FOLD_AT:
+                    del groups[dims]
+                    self._fold_group(table, dims, group)
+            return
+        values: list[Any] | None
+        for r in rows:
+            if table == schema.TRACES:
+                status, value = r[_T_STATUS], r[_T_DUR]
+                if status == "open" or value is None:
                     continue
                 dims = (_minute(r[_T_TS]), "", "", r[_T_KB] or "", status)
-                observe(durations, dims, duration)
-        elif table == schema.DOCUMENT_EVENTS:
-            durations = self._cells(schema.METRIC_DOCUMENT_DURATION)
-            for r in rows:
-                if r[_D_DUR] is not None:
-                    dims = (_minute(r[_D_TS]), r[_D_TYPE] or "", "", r[_D_KB] or "", r[_D_STATUS])
-                    observe(durations, dims, r[_D_DUR])
-        elif table == schema.CHAT_MESSAGES:
-            tokens_cells = self._cells(schema.METRIC_CHAT_TOKENS)
-            for r in rows:
+            elif table == schema.DOCUMENT_EVENTS:
+                value = r[_D_DUR]
+                if value is None:
+                    continue
+                dims = (_minute(r[_D_TS]), r[_D_TYPE] or "", "", r[_D_KB] or "", r[_D_STATUS])
+            else:  # chat messages
+                value = float(r[_C_TOKENS] or 0)
                 dims = (_minute(r[_C_TS]), r[_C_ROLE] or "", "", r[_C_KB] or "", "")
-                observe(tokens_cells, dims, float(r[_C_TOKENS] or 0))
+            group = groups.get(dims)
+            if group is None:
+                group = groups[dims] = ([],)
+            values = group[0]
+            values.append(value)
+            if len(values) >= FOLD_AT:
+                del groups[dims]
+                self._fold_group(table, dims, group)
 
     def take_rows(self, limit: int) -> list[Row]:
         """Up to ``limit`` cells as rows in :data:`tracewriter._schema.METRIC_COLUMNS` order,
-        removed from the roll-up."""
+        removed from the roll-up. Values still pending are not in them: :meth:`fold` first."""
         out: list[Row] = []
         metrics = self._metrics
         while metrics and len(out) < limit:
