@@ -369,3 +369,31 @@ def test_price_follows_new_price_data_after_a_plan_was_remembered() -> None:
     assert before is not None and after is not None
     assert after.version == f"{genai_prices.__version__}+data.20261129T000000"
     assert after.usd == before.usd
+
+
+def test_price_remembers_an_unknown_model_and_still_counts_and_logs_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A self-hosted model: None every time from the remembered plan, each call counted, the
+    info line logged (rate-limited); new price data makes the calculator look it up again."""
+    calculator = CostCalculator()
+    for _ in range(3):
+        assert calculator.price("my-llama-3-70b", "local", 10, 5, None, None, WHEN) is None
+    assert calculator.stats.unknown_model == 3 and calculator.stats.priced == 0
+    assert calculator._plans[("my-llama-3-70b", "local")].rates is None
+    assert "cost_model_unknown" in capsys.readouterr().out
+    # bad counts are refused as such, not counted as an unknown model
+    assert calculator.price("my-llama-3-70b", "local", -1, 5, None, None, WHEN) is None
+    assert calculator.stats.invalid_usage == 1 and calculator.stats.unknown_model == 3
+    bundled = data_snapshot.get_snapshot()
+    data_snapshot.set_custom_snapshot(
+        data_snapshot.DataSnapshot(
+            providers=bundled.providers, from_auto_update=True, timestamp=dt.datetime(2026, 12, 1)
+        )
+    )
+    try:
+        assert calculator.price("my-llama-3-70b", "local", 10, 5, None, None, WHEN) is None
+        assert calculator._plans[("my-llama-3-70b", "local")].snapshot is not bundled
+    finally:
+        data_snapshot.set_custom_snapshot(None)
+    assert calculator.stats.unknown_model == 4

@@ -226,7 +226,7 @@ class _Plan(NamedTuple):
     """How to price one (model, provider) again without asking: see CostCalculator.price."""
 
     thresholds: list[int] | tuple[()]
-    rates: dict[int, _Rates | None]
+    rates: dict[int, _Rates | None] | None  # None: a model the price data does not know
     source: str
     version: str
     snapshot: Any  # the genai-prices data it came from (None for a user price)
@@ -336,7 +336,8 @@ class CostCalculator:
 
         A model priced before at a price that does not depend on the time of the call (every
         user price; a genai-prices model without dated or time-of-day prices) has a remembered
-        plan: its tier thresholds and per-tier rates. A call with plain non-negative int counts
+        plan: its tier thresholds and per-tier rates; so has a model the price data does not
+        know (counted and logged as :meth:`cost` does). A call with plain non-negative int counts
         is then priced with one dict lookup and four Decimal multiplications, about a tenth of
         the way through :meth:`cost`, which takes everything else (and fills the plans).
         """
@@ -358,8 +359,15 @@ class CostCalculator:
                 and 0 <= reasoning <= out
                 and (plan.snapshot is None or plan.snapshot is _data_snapshot.get_snapshot())
             ):
+                by_segment = plan.rates
+                if by_segment is None:  # a model the price data does not know (self-hosted)
+                    self.stats.unknown_model += 1
+                    self._unknown_log.hit(
+                        model=str(model)[:100], provider=str(provider or "")[:100]
+                    )
+                    return None
                 thresholds = plan.thresholds
-                rates = plan.rates.get(bisect_left(thresholds, inp) if thresholds else 0)
+                rates = by_segment.get(bisect_left(thresholds, inp) if thresholds else 0)
                 if rates is not None:
                     self.stats.priced += 1
                     base, uncached_rate, cached_rate, output_rate, reasoning_rate = rates
@@ -458,6 +466,9 @@ class CostCalculator:
         if info is None:
             self.stats.unknown_model += 1
             self._unknown_log.hit(model=model[:100], provider=(provider or "")[:100])
+            # Remembered as unknown until the price data changes: a self-hosted model's
+            # every call then costs a dict lookup, not a search of the catalogue's names.
+            self._remember(model, provider, _Plan((), None, "", "", snapshot))
             return None
         provider_info, model_info = info
 
