@@ -177,6 +177,7 @@ class Flusher:
         self._status_log = RateLimitedLog(_log, "sync_status_failed", level="warning")
         self._dead_letter_log = RateLimitedLog(_log, "batch_dead_lettered", level="warning")
         self._dead_letter_dropped_log = RateLimitedLog(_log, "dead_letter_dropped", level="error")
+        self._metrics_dropped_log = RateLimitedLog(_log, "metric_rollup_dropped", level="warning")
         # The failure streak not yet written to provider_sync_status: (error, when, length).
         self._unreported_failure: tuple[str, _dt.datetime, int] | None = None
 
@@ -411,7 +412,7 @@ class Flusher:
         while len(self._rollup):
             if len(self._metric_batches) >= _MAX_PENDING_METRIC_BATCHES:
                 self._metric_batches.pop(0)
-                _log.warning("metric_rollup_dropped", reason="too many unwritten roll-ups")
+                self._metrics_dropped_log.hit(reason="too many unwritten roll-ups")
             self._metric_batches.append(
                 (str(uuid.uuid4()), self._rollup.take_rows(_METRIC_BATCH_ROWS))
             )
