@@ -146,14 +146,19 @@ class _Rates(NamedTuple):
     reasoning: Decimal
 
 
-def _linear(rates: _Rates, c: _Counts) -> Decimal:
-    return (
-        rates.base
-        + rates.uncached_input * (c.input - c.cached_input)
-        + rates.cached_input * c.cached_input
-        + rates.plain_output * (c.output - c.reasoning)
-        + rates.reasoning * c.reasoning
-    )
+def _linear(rates: _Rates, inp: int, cached: int, out: int, reasoning: int) -> Decimal:
+    """The cost of checked counts (the order of :class:`_Counts`) within one price tier.
+
+    The parts that are zero are skipped (most calls have no cached or reasoning tokens):
+    each Decimal product costs ~0.1 µs, and this runs once per priced row.
+    """
+    base, uncached_rate, cached_rate, output_rate, reasoning_rate = rates
+    usd = base + uncached_rate * (inp - cached) + output_rate * (out - reasoning)
+    if cached:
+        usd += cached_rate * cached
+    if reasoning:
+        usd += reasoning_rate * reasoning
+    return usd
 
 
 def _decimal_price(name: str, value: object) -> Decimal:
@@ -370,14 +375,7 @@ class CostCalculator:
                 rates = by_segment.get(bisect_left(thresholds, inp) if thresholds else 0)
                 if rates is not None:
                     self.stats.priced += 1
-                    base, uncached_rate, cached_rate, output_rate, reasoning_rate = rates
-                    # _linear's sum, skipping the parts that are zero (most calls have no
-                    # cached or reasoning tokens): each Decimal product costs ~0.1 µs.
-                    usd = base + uncached_rate * (inp - cached) + output_rate * (out - reasoning)
-                    if cached:
-                        usd += cached_rate * cached
-                    if reasoning:
-                        usd += reasoning_rate * reasoning
+                    usd = _linear(rates, inp, cached, out, reasoning)
                     # tuple.__new__: a NamedTuple's own __new__ is a Python-level call.
                     return _new_tuple(Cost, (usd, plan.source, plan.version))
         return self.cost(
@@ -417,7 +415,7 @@ class CostCalculator:
                 self._remember(
                     model, provider, _Plan((), {0: rates}, USER, self._user_version, None)
                 )
-                return Cost(_linear(rates, counts), USER, self._user_version)
+                return Cost(_linear(rates, *counts), USER, self._user_version)
 
         if not self._use_genai:
             self.stats.unknown_model += 1
@@ -498,7 +496,7 @@ class CostCalculator:
         if rates is None:  # not linear: let genai-prices price it
             usd = self._calc(provider_info, model_info, counts, when)
         else:
-            usd = _linear(rates, counts)
+            usd = _linear(rates, *counts)
         self.stats.priced += 1
         return Cost(usd, GENAI_PRICES, self._version)
 
@@ -554,6 +552,6 @@ class CostCalculator:
         # One more answer with every count at once: a price that is not linear in them
         # (a unit inferred from the others, a rule we did not foresee) shows up here.
         probe = _Counts(x, x // 3, 12_345, 678)
-        if _linear(rates, probe) != calc(*probe):
+        if _linear(rates, *probe) != calc(*probe):
             return None
         return rates

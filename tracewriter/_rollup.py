@@ -251,7 +251,6 @@ class Rollup:
                     del groups[dims]
                     self._fold_group(table, dims, group)
             return
-        values: list[Any] | None
         for r in rows:
             if table == schema.TRACES:
                 status, value = r[_T_STATUS], r[_T_DUR]
