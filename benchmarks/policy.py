@@ -23,7 +23,7 @@ REPEAT = 5
 
 def _llm(i: int, metadata: dict[str, Any]) -> tuple[Any, ...]:
     now = time.time_ns()
-    return tuple(
+    return (
         Event(
             kind=EventKind.SPAN, start_ns=now, end_ns=now + 1, trace_id=new_trace_id(),
             span_id=new_span_id(), parent_span_id=None, name="llm.call", span_type="llm",
@@ -31,20 +31,20 @@ def _llm(i: int, metadata: dict[str, Any]) -> tuple[Any, ...]:
             error_message=None, user_id="u1", session_id="s1", kb_id="kb1",
             metadata=snapshot_metadata(metadata),
             detail=(LLM_ARGS["model"], LLM_ARGS["provider"], 812, 95, None, None),
-        )
+        ).flat()
     )  # fmt: skip
 
 
 def _chat(i: int, content: str) -> tuple[Any, ...]:
     now = time.time_ns()
-    return tuple(
+    return (
         Event(
             kind=EventKind.CHAT, start_ns=now, end_ns=None, trace_id=new_trace_id(),
             span_id=new_span_id(), parent_span_id=None, name=None, span_type=None, status=None,
             duration_ms=None, error_type=None, error_message=None, user_id="u1",
             session_id="s1", kb_id="kb1", metadata=snapshot_metadata({"turn": i}),
             detail=("user", content, 120),
-        )
+        ).flat()
     )  # fmt: skip
 
 

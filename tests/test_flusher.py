@@ -15,7 +15,7 @@ from tracewriter import _schema as schema
 from tracewriter._buffer import Buffer
 from tracewriter._flusher import Flusher, FlusherSettings
 from tracewriter._ids import new_span_id, new_trace_id
-from tracewriter._records import Event, EventKind
+from tracewriter._records import SPAN_ID, Event, EventKind
 from tracewriter._sink import RetriableSinkError, SinkError
 from tracewriter.testing import InMemorySink
 
@@ -30,7 +30,7 @@ class FakeClock:
         return self.now
 
 
-def span_event(kind: str, trace_id: str, span_id: str, start_ns: int, **kw: Any) -> Event:
+def span_event(kind: str, trace_id: str, span_id: str, start_ns: int, **kw: Any) -> tuple[Any, ...]:
     fields: dict[str, Any] = dict(
         kind=kind,
         start_ns=start_ns,
@@ -51,10 +51,10 @@ def span_event(kind: str, trace_id: str, span_id: str, start_ns: int, **kw: Any)
         detail=None,
     )
     fields.update(kw)
-    return Event(**fields)
+    return Event(**fields).flat()
 
 
-def llm_event(trace_id: str | None = None, **kw: Any) -> Event:
+def llm_event(trace_id: str | None = None, **kw: Any) -> tuple[Any, ...]:
     return span_event(
         EventKind.SPAN,
         trace_id or new_trace_id(),
@@ -130,7 +130,7 @@ async def test_refused_rows_are_isolated_and_dead_lettered() -> None:
     """Three refused rows in a 10,000-row batch leave 9,997 written and 3 dead letters."""
     buffer, sink, flusher, _ = make(batch=10_000, max_rows=20_000)
     events = [llm_event() for _ in range(10_000)]
-    bad = {events[i].span_id for i in (17, 5000, 9999)}
+    bad = {events[i][SPAN_ID] for i in (17, 5000, 9999)}
     span_col = schema.SPAN_COLUMNS.index("span_id")
     sink.refuse = lambda table, row: row[span_col] in bad
     for e in events:

@@ -75,7 +75,7 @@ def event(**kw: Any) -> tuple[Any, ...]:
         detail=("gpt-x", "openai", 10, 5, None, None),
     )
     fields.update(kw)
-    return tuple(Event(**fields))
+    return Event(**fields).flat()
 
 
 @pytest.mark.parametrize(("kind", "secret"), ALL_SECRETS)
@@ -211,7 +211,7 @@ def test_capture_none_keeps_length_and_sha256_in_metadata() -> None:
         "content_length": len(stored),
         "content_sha256": hashlib.sha256(stored.encode()).hexdigest(),
     }
-    assert prepared[DETAIL][2] == 7
+    assert prepared[DETAIL + 2] == 7
 
 
 def test_nothing_configured_returns_the_event_itself() -> None:
@@ -354,6 +354,6 @@ def test_an_unexpected_failure_blanks_every_text_field(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(Redactor, "metadata", broken)
     prepared = policy.prepare(chat(SECRETS["email"][0], snapshot_metadata({"a": 1})))
-    assert prepared[DETAIL][1] == FAILED_MARKER
+    assert prepared[DETAIL + 1] == FAILED_MARKER
     assert event_metadata(prepared[METADATA]) == {"metadata": FAILED_MARKER}
     assert policy.redaction_failures == 1

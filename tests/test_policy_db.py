@@ -134,37 +134,37 @@ def trace_events(i: int, trace_id: str, kb: str) -> list[tuple[Any, ...]]:
     failed = i % 97 == 0
     common = dict(trace_id=trace_id, user_id="u", session_id="s", kb_id=kb, metadata=None)
     return [
-        tuple(
+        (
             Event(
                 kind=EventKind.TRACE_START, start_ns=start, end_ns=None, span_id=root,
                 parent_span_id=None, name="rag", span_type=None, status=None, duration_ms=None,
                 error_type=None, error_message=None, detail=None, **common,
             )
         ),
-        tuple(
+        (
             Event(
                 kind=EventKind.SPAN, start_ns=start, end_ns=start + 1, span_id=new_span_id(),
                 parent_span_id=root, name="llm.call", span_type="llm",
                 status="error" if failed else "ok", duration_ms=float(1 + i % 50),
                 error_type="Timeout" if failed else None, error_message=None,
                 detail=("m", "p", 10 + i % 7, 3 + i % 5, None, None), **common,
-            )
+            ).flat()
         ),
-        tuple(
+        (
             Event(
                 kind=EventKind.CHAT, start_ns=start, end_ns=None, span_id=root,
                 parent_span_id=None, name=None, span_type=None, status=None, duration_ms=None,
                 error_type=None, error_message=None, detail=("user", f"q{i}", 1 + i % 9),
                 **common,
-            )
+            ).flat()
         ),
-        tuple(
+        (
             Event(
                 kind=EventKind.TRACE_END, start_ns=start, end_ns=start + 2, span_id=root,
                 parent_span_id=None, name=None, span_type=None, status="ok",
                 duration_ms=float(2 + i % 40), error_type=None, error_message=None, detail=None,
                 **common,
-            )
+            ).flat()
         ),
     ]  # fmt: skip
 

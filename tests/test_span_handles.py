@@ -258,7 +258,7 @@ async def test_the_end_upsert_never_erases_known_facts_with_null(pool: asyncpg.P
         event = (
             EventKind.SPAN_END, 1_700_000_000_000_000_000, 1_700_000_000_500_000_000,
             ctx.trace_id, ctx.span_id, ctx.parent_span_id, "llm.x", "llm", status, 500.0,
-            None, None, None, None, None, None, detail,
+            None, None, None, None, None, None, *(detail or ()),
         )  # fmt: skip
         table, row = build(event)
         assert table == SPANS

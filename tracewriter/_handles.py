@@ -3,7 +3,7 @@
 Owns :class:`SpanHandle` (a started span that any task or thread may end once) and the end
 event both it and a ``span()`` scope build when they are given end-time facts — the model,
 provider and token counts of a streamed LLM call, an outcome decided by a callback. Those
-facts travel in the end event's ``detail`` slot, laid out as a complete LLM span's, so the
+facts travel as the end event's kind fields, laid out as a complete LLM span's, so the
 assembler merges them into the start's row when both land in one flush and the end-upsert
 fills them in when the start was already written open.
 
@@ -101,12 +101,12 @@ def end_event(  # noqa: PLR0917 - positional on purpose: it is on the end path
         )
     else:
         status, error_type, error_message = _outcome(status, error)
-    detail: tuple[Any, ...] | None = (model, provider, tin, tout, tcached, treason)
+    detail: tuple[Any, ...] = (model, provider, tin, tout, tcached, treason)
     if detail == _NO_DETAIL:
-        detail = None  # nothing for the typed columns: the end of a plain span
+        detail = ()  # nothing for the typed columns: the end of a plain span
     return (_SPAN_END, start_ns, time_ns(), child.trace_id, child.span_id, child.parent_span_id,
             name, span_type, status, duration, error_type, error_message, child.user_id,
-            child.session_id, child.kb_id, metadata, detail)  # fmt: skip
+            child.session_id, child.kb_id, metadata, *detail)  # fmt: skip
 
 
 class SpanHandle:
@@ -185,7 +185,7 @@ class SpanHandle:
                 error_type = error_message = None
             else:
                 outcome, error_type, error_message = _outcome(status, error)
-            detail: tuple[Any, ...] | None = None
+            detail: tuple[Any, ...] = ()
             if not (
                 model is None and provider is None and input_tokens is None
                 and output_tokens is None and cached_input_tokens is None
@@ -198,7 +198,7 @@ class SpanHandle:
                 (_SPAN_END, self._start_ns, time_ns(), ctx.trace_id, ctx.span_id,
                 ctx.parent_span_id, self._name, self._type, outcome, duration, error_type,
                 error_message, ctx.user_id, ctx.session_id, ctx.kb_id,
-                None if metadata is None else _snapshot(metadata), detail)
+                None if metadata is None else _snapshot(metadata), *detail)
             )  # fmt: skip
         except Exception as exc:
             svc._internal_error("span_handle_end", exc)

@@ -86,6 +86,7 @@ _JWT = re.compile(r"\beyJ[A-Za-z0-9_\-]+\.eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*")
 
 FAILED_MARKER: Final = "[redaction_failed]"
 _USER_MARKER: Final = "[redacted]"
+_CHAT_CONTENT: Final = DETAIL + 1  # a chat event's kind fields: role, content, token_count
 
 
 _DOUBLED: Final = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)  # a Luhn-doubled digit, its digits summed
@@ -495,16 +496,15 @@ class Policy:
 
     def _blanked(self, event: EventTuple) -> EventTuple:
         try:
-            detail = event[DETAIL]
-            if event[KIND] == EventKind.CHAT and type(detail) is tuple and len(detail) >= 2:
+            detail = event[DETAIL:]
+            if event[KIND] == EventKind.CHAT and len(detail) >= 2:
                 detail = (detail[0], FAILED_MARKER, *detail[2:])
             blanked = (
                 *event[:ERROR_MESSAGE],
                 None if event[ERROR_MESSAGE] is None else FAILED_MARKER,
                 *event[ERROR_MESSAGE + 1 : METADATA],
                 None if event[METADATA] is None else {"metadata": FAILED_MARKER},
-                detail,
-                *event[DETAIL + 1 :],
+                *detail,
             )
         except Exception:
             return event
@@ -515,7 +515,6 @@ class Policy:
         redactor = self.redactor
         error_message = event[ERROR_MESSAGE]
         metadata = event[METADATA]
-        detail = event[DETAIL]
         redacting = redactor.enabled
         if redacting:
             if error_message is not None:
@@ -523,8 +522,9 @@ class Policy:
                 error_message = redactor.text("error_message", error_text)
             if metadata is not None:
                 metadata = redactor.metadata(metadata)
-        if event[KIND] == EventKind.CHAT and type(detail) is tuple and len(detail) >= 2:
-            content = detail[1]
+        new_content = None  # a chat message's content, when what is kept differs from it
+        if event[KIND] == EventKind.CHAT and len(event) > _CHAT_CONTENT:
+            content = event[_CHAT_CONTENT]
             if content is not None:
                 text = clean_text(content, None) or ""
                 if redacting:
@@ -535,22 +535,31 @@ class Policy:
                     metadata = _with_content_digest(metadata, text)
                     text = ""
                 if text is not content:
-                    detail = (detail[0], text, *detail[2:])
+                    new_content = text
         elif not redacting:
             return event
         if (
             error_message is event[ERROR_MESSAGE]
             and metadata is event[METADATA]
-            and detail is event[DETAIL]
+            and new_content is None
         ):
             return event  # nothing matched: no new tuple
+        if new_content is None:
+            return (
+                *event[:ERROR_MESSAGE],
+                error_message,
+                *event[ERROR_MESSAGE + 1 : METADATA],
+                metadata,
+                *event[DETAIL:],
+            )
         return (
             *event[:ERROR_MESSAGE],
             error_message,
             *event[ERROR_MESSAGE + 1 : METADATA],
             metadata,
-            detail,
-            *event[DETAIL + 1 :],
+            *event[DETAIL:_CHAT_CONTENT],
+            new_content,
+            *event[_CHAT_CONTENT + 1 :],
         )
 
     # --- sampling ---

@@ -42,7 +42,6 @@ __all__ = [
     "END_NS",
     "ERROR_MESSAGE",
     "ERROR_TYPE",
-    "EVENT_FIELDS",
     "KB_ID",
     "KIND",
     "METADATA",
@@ -99,23 +98,28 @@ class EventKind:
 
 
 class Event(NamedTuple):
-    """The layout of one recorded event: what the API appends to a provider, field by field.
+    """The layout of one recorded event, field by field: a named view of what providers get.
 
-    The service hands providers *plain tuples* in this order, not instances of this class: a
-    tuple of atomic values is untracked by the cycle collector once it has survived one
-    collection, and a NamedTuple (a tuple subclass) never is. Read fields by the index
-    constants below (``event[KIND]``, ``event[TRACE_ID]``) or take a named view with
-    ``Event._make(event)``; this class is the one place the positions are defined.
+    The service hands providers *plain flat tuples*, not instances of this class: the sixteen
+    fields from ``kind`` to ``metadata`` in this order, then the kind's own fields inline
+    (``event[DETAIL:]``, the ``detail`` below). Flat, because the cycle collector untracks a
+    tuple of atomic values at the first collection it survives, but not one holding a tuple
+    it has not untracked yet, and it meets a nested tuple after its container: a nested
+    detail kept every LLM call's event tracked into the middle generation. A NamedTuple (a
+    tuple subclass) is never untracked at all. Read fields by the index constants below
+    (``event[KIND]``, ``event[TRACE_ID]``) or take a named view with ``Event.of(event)``;
+    ``Event(...).flat()`` builds the tuple a provider gets. This class is the one place the
+    positions are defined.
 
     ``start_ns`` is the wall-clock start in nanoseconds since the epoch (the row's timestamp);
-    ``end_ns`` the wall-clock end for end and complete events. ``detail`` carries the fields of
-    one kind: ``(model, provider, input_tokens, output_tokens, cached_input_tokens,
+    ``end_ns`` the wall-clock end for end and complete events. ``detail`` is the fields of one
+    kind: ``(model, provider, input_tokens, output_tokens, cached_input_tokens,
     reasoning_tokens)`` for LLM spans, ``(role, content, token_count)`` for chat messages,
-    ``(document_id, event_type, chunk_count)`` for document events; a span's end event may
-    carry the LLM layout too (facts known only at the end: a span handle's model and tokens),
-    its None fields meaning "not known here". ``metadata`` is what the
-    caller passed, snapshotted: for a dict, its JSON encoding as ``str`` (read it with
-    :func:`event_metadata`); a copy of a dict that orjson refused; anything else as given.
+    ``(document_id, event_type, chunk_count)`` for document events, None (no fields) for the
+    rest; a span's end event may carry the LLM layout too (facts known only at the end: a
+    span handle's model and tokens), its None fields meaning "not known here". ``metadata`` is
+    what the caller passed, snapshotted: for a dict, its JSON encoding as ``str`` (read it
+    with :func:`event_metadata`); a copy of a dict that orjson refused; anything else as given.
     """
 
     kind: str
@@ -136,6 +140,15 @@ class Event(NamedTuple):
     metadata: Any
     detail: tuple[Any, ...] | None
 
+    @classmethod
+    def of(cls, event: tuple[Any, ...]) -> Event:
+        """The named view of a flat event tuple (``detail`` None when it has no kind fields)."""
+        return cls._make((*event[:_COMMON], event[_COMMON:] or None))
+
+    def flat(self) -> tuple[Any, ...]:
+        """The flat tuple a provider gets: the common fields, then ``detail``'s inline."""
+        return (*self[:_COMMON], *(self.detail or ()))
+
 
 # The field positions, derived from Event so that they have one home.
 _FIELDS: Final = Event._fields
@@ -155,8 +168,9 @@ USER_ID: Final = _FIELDS.index("user_id")
 SESSION_ID: Final = _FIELDS.index("session_id")
 KB_ID: Final = _FIELDS.index("kb_id")
 METADATA: Final = _FIELDS.index("metadata")
+# Where the kind's own fields begin: ``event[DETAIL:]``, inline after the common fields.
 DETAIL: Final = _FIELDS.index("detail")
-EVENT_FIELDS: Final = len(_FIELDS)
+_COMMON: Final = DETAIL
 
 EventTuple = tuple[Any, ...]
 
@@ -520,10 +534,8 @@ def _duration(event: EventTuple) -> float | None:
 
 def _detail(event: EventTuple, size: int) -> tuple[Any, ...]:
     """The kind-specific fields, padded or cut to ``size`` (a caller may pass anything)."""
-    detail = event[DETAIL]
-    if type(detail) is not tuple:
-        detail = ()
-    elif len(detail) == size:
+    detail = event[DETAIL:]
+    if len(detail) == size:
         return detail
     return (*detail[:size], *(None,) * (size - len(detail)))
 
@@ -581,6 +593,7 @@ _DOC_LABELS: Final = (64, 32)  # event_type, status
 # CostCalculator.price: (model, provider, input, output, cached, reasoning, timestamp) -> Cost.
 Pricer = Callable[[Any, Any, Any, Any, Any, Any, Any], "tuple[Any, Any, Any] | None"]
 _NO_COST: Final = (None, None, None)  # cost_usd, price_source, price_version
+_LLM_EVENT: Final = DETAIL + 6  # the length of an event carrying an LLM span's fields
 
 
 def _span_row(event: EventTuple, open_row: bool, price: Pricer | None = None) -> Row:
@@ -622,12 +635,10 @@ def _span_row(event: EventTuple, open_row: bool, price: Pricer | None = None) ->
         duration = event[DURATION_MS]
         if not (type(duration) is float and 0.0 <= duration < _INF):
             duration = _duration(event)
-    detail = event[DETAIL]
-    if detail is None:
+    if len(event) == DETAIL:  # no kind fields: a plain span
         model = provider = input_tokens = output_tokens = cached = reasoning = None
     else:
-        if type(detail) is not tuple or len(detail) != 6:
-            detail = _detail(event, 6)
+        detail = event[DETAIL:] if len(event) == _LLM_EVENT else _detail(event, 6)
         model, provider, input_tokens, output_tokens, cached, reasoning = detail
         if input_tokens is not None and not (
             type(input_tokens) is int and INT32_MIN <= input_tokens <= INT32_MAX
@@ -837,19 +848,20 @@ def coalesce(start: EventTuple, end: EventTuple) -> EventTuple:
         *end[STATUS:USER_ID],
         *start[USER_ID:METADATA],
         metadata,
-        start[DETAIL] if end[DETAIL] is None else _merge_detail(start[DETAIL], end[DETAIL]),
+        *(start[DETAIL:] if len(end) == DETAIL else _merge_detail(start, end)),
     )
 
 
-def _merge_detail(start: object, end: object) -> object:
+def _merge_detail(start: EventTuple, end: EventTuple) -> tuple[Any, ...]:
     """The end's typed facts (a handle's model, tokens) over the start's, field by field.
 
     As the end-upsert's ``COALESCE(EXCLUDED.x, t.x)``: a fact the end does not know keeps
     the start's value. Malformed details are left for the row builder to pad or refuse.
     """
-    if type(start) is not tuple or type(end) is not tuple or len(start) != len(end):
-        return end
-    return tuple(s if e is None else e for s, e in zip(start, end, strict=True))
+    theirs, ours = start[DETAIL:], end[DETAIL:]
+    if len(theirs) != len(ours):
+        return ours
+    return tuple(s if e is None else e for s, e in zip(theirs, ours, strict=True))
 
 
 def _complete_span(event: EventTuple) -> Row:

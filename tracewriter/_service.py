@@ -164,7 +164,7 @@ class _SpanScope:
                 (_SPAN_START, self._start_ns, None, child.trace_id, child.span_id,
                 child.parent_span_id, self._name, self._type, None, None, None, None,
                 child.user_id, child.session_id, child.kb_id,
-                None if meta is None else snapshot_metadata(meta), None)
+                None if meta is None else snapshot_metadata(meta))
             )  # fmt: skip
             self._token = _set_current(child)
             return child.span_id
@@ -194,7 +194,7 @@ class _SpanScope:
                     "error" if failed else "ok", duration,
                     exc_type.__qualname__ if exc_type is not None else None,
                     str(exc) if failed else None,
-                    child.user_id, child.session_id, child.kb_id, None, None)
+                    child.user_id, child.session_id, child.kb_id, None)
                 )  # fmt: skip
         except Exception as err:  # str(exc) of a hostile exception, say
             self._svc._internal_error("span_exit", err)
@@ -340,7 +340,7 @@ class ObservabilityService:
             self._emit(
                 (_TRACE_START, _ns_of(ctx.timestamp), None, ctx.trace_id, ctx.span_id, None,
                 name, None, None, None, None, None, user_id, session_id, kb_id,
-                None if metadata is None else snapshot_metadata(metadata), None)
+                None if metadata is None else snapshot_metadata(metadata))
             )  # fmt: skip
             return ctx
         except Exception as exc:
@@ -364,7 +364,7 @@ class ObservabilityService:
                 (_TRACE_END, _ns_of(ctx.timestamp), time_ns(), ctx.trace_id, ctx.span_id,
                 None, None, None, status, duration_ms, None, error_message,
                 ctx.user_id, ctx.session_id, ctx.kb_id,
-                None if metadata is None else snapshot_metadata(metadata), None)
+                None if metadata is None else snapshot_metadata(metadata))
             )  # fmt: skip
         except Exception as exc:
             self._internal_error("end_trace", exc)
@@ -407,7 +407,7 @@ class ObservabilityService:
                 (_SPAN_START, start_ns, None, child.trace_id, child.span_id,
                 child.parent_span_id, name, span_type, None, None, None, None,
                 child.user_id, child.session_id, child.kb_id,
-                None if metadata is None else snapshot_metadata(metadata), None)
+                None if metadata is None else snapshot_metadata(metadata))
             )  # fmt: skip
             return SpanHandle(self, child, start_ns, mono, name, span_type)
         except Exception as exc:
@@ -449,8 +449,8 @@ class ObservabilityService:
                 (_SPAN, start_ns, end_ns, trace_id, span_id, parent_id, name,
                 "llm", status, duration_ms, None, error_message, user_id, session_id, kb_id,
                 None if metadata is None else snapshot_metadata(metadata),
-                (model, provider, input_tokens, output_tokens, cached_input_tokens,
-                 reasoning_tokens))
+                model, provider, input_tokens, output_tokens, cached_input_tokens,
+                reasoning_tokens)
             )  # fmt: skip
         except Exception as exc:
             self._internal_error("log_llm_call", exc)
@@ -474,7 +474,7 @@ class ObservabilityService:
                 c.user_id if c else None, c.session_id if c else None,
                 c.kb_id if c else None,
                 None if metadata is None else snapshot_metadata(metadata),
-                (role, content, token_count))
+                role, content, token_count)
             )  # fmt: skip
         except Exception as exc:
             self._internal_error("log_chat_message", exc)
@@ -508,7 +508,7 @@ class ObservabilityService:
                 status, duration_ms, None, error_message, c.user_id,
                 c.session_id, kb_id,
                 None if metadata is None else snapshot_metadata(metadata),
-                (document_id, event_type, chunk_count))
+                document_id, event_type, chunk_count)
             )  # fmt: skip
         except Exception as exc:
             self._internal_error("log_document_event", exc)
@@ -629,18 +629,18 @@ class ObservabilityService:
             self._emit(
                 (_SPAN, start_ns, end_ns, trace_id, span_id, parent_span_id, name, span_type,
                 status, duration, error_type, error_message, user_id, session_id, kb_id,
-                None if metadata is None else snapshot_metadata(metadata), llm)
+                None if metadata is None else snapshot_metadata(metadata), *(llm or ()))
             )  # fmt: skip
             if trace:
                 self._emit(
                     (_TRACE_START, start_ns, None, trace_id, span_id, None, name, None, None,
                     None, None, None, user_id, session_id, kb_id,
-                    None if trace_metadata is None else snapshot_metadata(trace_metadata), None)
+                    None if trace_metadata is None else snapshot_metadata(trace_metadata))
                 )  # fmt: skip
                 self._emit(
                     (_TRACE_END, start_ns, end_ns, trace_id, span_id, None, None, None,
                     status, duration, error_type, error_message, user_id, session_id, kb_id,
-                    None, None)
+                    None)
                 )  # fmt: skip
         except Exception as exc:
             self._internal_error("record_span", exc)

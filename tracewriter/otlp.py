@@ -776,8 +776,8 @@ class OtlpProvider(Provider):
         if is_trace:
             attributes["tracewriter.trace"] = True
         span_kind = Span.SpanKind.SPAN_KIND_INTERNAL
-        detail = event[DETAIL]
-        if kind == EventKind.SPAN and type(detail) is tuple and any(v is not None for v in detail):
+        detail = event[DETAIL:]
+        if kind == EventKind.SPAN and any(v is not None for v in detail):
             span_kind = Span.SpanKind.SPAN_KIND_CLIENT
             model, provider, input_t, output_t, cached_t, reasoning_t = (*detail, *(None,) * 6)[:6]
             if span_type == "llm":
@@ -829,8 +829,7 @@ class OtlpProvider(Provider):
 
     def _log_record(self, event: Any) -> LogRecord:
         kind = event[KIND]
-        detail = event[DETAIL] if type(event[DETAIL]) is tuple else ()
-        detail = (*detail, None, None, None)
+        detail = (*event[DETAIL:], None, None, None)
         attributes: dict[str, Any] = {}
         severity = SeverityNumber.SEVERITY_NUMBER_INFO
         if kind == EventKind.CHAT:

@@ -137,7 +137,8 @@ async def test_a_million_enqueues_with_the_database_down_stay_bounded_and_close_
         peak_held = 0
         for i in range(1_000_000):
             # Each event owns a metadata dict, so keeping them all would cost ~200 MB.
-            writer.record(base._replace(span_id=f"{i + 1:016x}", metadata={"i": i, "pad": "x"}))
+            event = base._replace(span_id=f"{i + 1:016x}", metadata={"i": i, "pad": "x"})
+            writer.record(event.flat())
             if i % 20_000 == 0:
                 held = writer.stats()
                 peak_held = max(peak_held, held.buffered + held.in_flight)
