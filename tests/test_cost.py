@@ -296,6 +296,29 @@ def test_without_the_extra_the_module_imports_and_notes_it_once() -> None:
     assert "tracewriter[cost]" in done.stdout
 
 
+def test_load_builds_the_price_data_so_the_first_price_does_not() -> None:
+    """load() (run by the writer's start(), in a thread) imports genai-prices and builds its
+    ~16,000 objects of price data (~25 ms): the first price, on the writer's loop, finds them
+    built instead of building them there."""
+    script = (
+        "import sys\n"
+        "from tracewriter._cost import CostCalculator\n"
+        "c = CostCalculator()\n"
+        "print('before', 'genai_prices.data' in sys.modules)\n"
+        "assert c.load()\n"
+        "from genai_prices import data_snapshot\n"
+        "print('built', data_snapshot._bundled_snapshot.cache_info().currsize)\n"
+        "assert c.cost('gpt-4o', 'openai', input_tokens=5) is not None\n"
+        "print('after', data_snapshot._bundled_snapshot.cache_info().misses)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "before False" in done.stdout and "built 1" in done.stdout
+    assert "after 1" in done.stdout  # built once, by load(), not again by the first price
+
+
 # --- price(): the row builders' positional entry, with remembered plans -------------------------
 
 
