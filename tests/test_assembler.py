@@ -331,3 +331,27 @@ def test_a_float_key_is_spelled_alike_on_the_fast_and_the_thorough_path(key: flo
     thorough = json.loads(records.encode_metadata({key: "x\x00"}) or "")
     assert list(fast) == list(thorough)
     assert thorough == {next(iter(fast)): "x"}
+
+
+def test_label_groups_are_memoised_only_for_short_text() -> None:
+    """A request's identity is cleaned once and remembered; a value past 256 characters, or
+    one that is not text (1 and True are equal as keys), is cleaned every time and never
+    remembered, so the memo neither pins large text nor hands one value another's labels."""
+    trace = new_trace_id()
+    user_col = schema.SPAN_COLUMNS.index("user_id")
+    session_col = schema.SPAN_COLUMNS.index("session_id")
+
+    def row_of(user: object, session: object) -> tuple[Any, ...]:
+        event = span_event(EventKind.SPAN, trace, new_span_id(), user_id=user, session_id=session)
+        return records.build(event)[1]
+
+    short = f"sess-{new_span_id()}"
+    assert row_of("u\x00ser", short)[user_col] == "user"  # NUL removed: PostgreSQL refuses it
+    assert (records._I, "u\x00ser", short, None) in records._GROUPS
+    assert row_of("u\x00ser", short)[session_col] == short  # from the memo, same labels
+    long_session = "s" * 300
+    assert row_of("u", long_session)[session_col] == long_session
+    assert not any(long_session in key for key in records._GROUPS)
+    assert row_of(1, short)[user_col] == "1"
+    assert row_of(True, short)[user_col] == "True"
+    assert (records._I, 1, short, None) not in records._GROUPS
