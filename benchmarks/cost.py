@@ -12,13 +12,20 @@ version of the writer:
   is timed from the first recording call until ``flush()`` returns; then the rows it wrote are
   read back, the tables emptied, and those rows written again by raw binary COPY over two
   connections (the ceiling). Application CPU (``time.process_time``, every thread) is taken per
-  row for both.
+  row for both, and so is the CPU the rest of the machine spent meanwhile (Linux: busy time
+  from ``/proc/stat`` less the application's) — on a machine PostgreSQL shares, its backends.
+  That second figure says what bounds the rate: PostgreSQL and the application share the
+  cores, so when both runs keep every core busy the writer's rate relative to the ceiling's
+  is the ratio of their total CPU per row: (ceiling's server + client CPU) / (writer's server
+  + application CPU).
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import math
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -157,6 +164,7 @@ async def _drive(
     high_water = svc.config.max_buffer_rows // 2
     try:
         gc.collect()
+        busy0 = _machine_busy()
         cpu0 = time.process_time()
         began = time.perf_counter()
         for i in range(n):
@@ -178,11 +186,18 @@ async def _drive(
         flushed = await svc.flush(timeout=300)
         elapsed = time.perf_counter() - began
         cpu = time.process_time() - cpu0
+        others = _others(busy0, cpu)
         stats = svc.stats()
     finally:
         await svc.close()
     assert stats is not None
-    return {"seconds": elapsed, "cpu": cpu, "flushed": flushed, "balances": stats.balances()}
+    return {
+        "seconds": elapsed,
+        "cpu": cpu,
+        "others": others,
+        "flushed": flushed,
+        "balances": stats.balances(),
+    }
 
 
 async def _read_rows(dsn: str, tables: tuple[str, ...]) -> dict[str, list[tuple[Any, ...]]]:
@@ -217,19 +232,45 @@ async def _ceiling(
                 )
 
         gc.collect()
+        busy0 = _machine_busy()
         cpu0 = time.process_time()
         began = time.perf_counter()
         await asyncio.gather(*(worker(c) for c in conns))
         elapsed = time.perf_counter() - began
         cpu = time.process_time() - cpu0
+        others = _others(busy0, cpu)
     finally:
         for conn in conns:
             await conn.close()
-    return {"seconds": elapsed, "cpu": cpu}
+    return {"seconds": elapsed, "cpu": cpu, "others": others}
+
+
+def _machine_busy() -> float | None:
+    """CPU seconds every core of this machine has spent busy since boot (Linux), or None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    # user nice system idle iowait irq softirq [steal ...]: steal is another guest's time.
+    user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def _others(busy0: float | None, cpu: float) -> float | None:
+    """CPU the rest of the machine spent since ``busy0``, given the application's ``cpu``."""
+    busy1 = _machine_busy()
+    return None if busy0 is None or busy1 is None else max(busy1 - busy0 - cpu, 0.0)
 
 
 def _llm(svc: ObservabilityService, i: int) -> None:
     svc.log_llm_call(None, **LLM_ARGS, metadata=default_metadata(i))
+
+
+def _per_row(seconds: float | None, rows: int) -> float:
+    return float("nan") if seconds is None else seconds / rows * 1e6
 
 
 async def versus_ceiling(dsn: str, n: int, *, mix: bool, repeats: int = 1) -> dict[str, Any]:
@@ -252,6 +293,8 @@ async def versus_ceiling(dsn: str, n: int, *, mix: bool, repeats: int = 1) -> di
                 "tw_cpu_us_per_row": tw["cpu"] / total * 1e6,
                 "tw_cpu_us_per_span": tw["cpu"] / spans * 1e6,
                 "ceiling_cpu_us_per_row": ceiling["cpu"] / total * 1e6,
+                "tw_server_cpu_us_per_row": _per_row(tw["others"], total),
+                "ceiling_server_cpu_us_per_row": _per_row(ceiling["others"], total),
                 "flushed": tw["flushed"],
                 "balances": tw["balances"],
             }
@@ -302,6 +345,7 @@ async def run_e2e(report: Report, dsn: str, *, calls: int, traces: int, repeats:
                 "ceiling",
             )
         )
+        _add_server_cpu(report, key, label, r)
         per = "tw_cpu_us_per_span" if mix else "tw_cpu_us_per_row"
         cpu_ratio = r[per] / r["ceiling_cpu_us_per_row"]
         report.add(
@@ -318,6 +362,41 @@ async def run_e2e(report: Report, dsn: str, *, calls: int, traces: int, repeats:
                 "recording + assembling + roll-ups + encoding, every thread of the app process",
             )
         )
+
+
+def _add_server_cpu(report: Report, key: str, label: str, r: dict[str, Any]) -> None:
+    """The rest of the machine's CPU per row in both runs, and the rate it allows the writer."""
+    server, ceiling_server = r["tw_server_cpu_us_per_row"], r["ceiling_server_cpu_us_per_row"]
+    if math.isnan(server) or math.isnan(ceiling_server):
+        return  # not Linux: no figure rather than a wrong one
+    app, client = r["tw_cpu_us_per_row"], r["ceiling_cpu_us_per_row"]
+    bound = (ceiling_server + client) / (server + app) if server + app > 0 else float("nan")
+    report.add(
+        Figure(
+            f"cost_{key}_server_cpu_ceiling",
+            SECTION_E2E,
+            f"{label}: rest of the machine (PostgreSQL), CPU per row, ceiling",
+            ceiling_server,
+            "µs",
+            1.0,
+            "ceiling",
+        )
+    )
+    report.add(
+        Figure(
+            f"cost_{key}_server_cpu",
+            SECTION_E2E,
+            f"{label}: rest of the machine (PostgreSQL), CPU per row, writer",
+            server,
+            "µs",
+            server / ceiling_server if ceiling_server > 0 else float("nan"),
+            "ceiling",
+            note=(
+                f"with every core busy in both runs the rate ratio would be ~{bound:.2f} "
+                "(total CPU per row, ceiling's / writer's)"
+            ),
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
