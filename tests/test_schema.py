@@ -163,9 +163,9 @@ PRIMARY_KEYS = {
     "applied_batches": ["batch_id"],
 }
 
-# index name -> (table, the definition from USING on, as pg_get_indexdef prints it)
+# index name -> (table, the definition from USING on, as pg_get_indexdef prints it). No trace
+# table has an index of trace_id alone: its key begins with trace_id (sql/0006).
 INDEXES = {
-    "traces_trace_id_idx": ("traces", "btree (trace_id)"),
     "traces_timestamp_idx": ("traces", 'btree ("timestamp" DESC)'),
     "traces_user_id_timestamp_idx": ("traces", 'btree (user_id, "timestamp" DESC)'),
     "traces_session_id_timestamp_idx": ("traces", 'btree (session_id, "timestamp" DESC)'),
@@ -174,7 +174,6 @@ INDEXES = {
         "traces",
         "btree (\"timestamp\" DESC) WHERE (status = 'error'::text)",
     ),
-    "spans_trace_id_idx": ("spans", "btree (trace_id)"),
     "spans_timestamp_idx": ("spans", 'btree ("timestamp" DESC)'),
     "spans_span_type_timestamp_idx": ("spans", 'btree (span_type, "timestamp" DESC)'),
     "spans_model_timestamp_idx": (
@@ -185,7 +184,6 @@ INDEXES = {
         "spans",
         "btree (\"timestamp\" DESC) WHERE (status = 'error'::text)",
     ),
-    "chat_messages_trace_id_idx": ("chat_messages", "btree (trace_id)"),
     "chat_messages_timestamp_idx": ("chat_messages", 'btree ("timestamp" DESC)'),
     "chat_messages_user_id_timestamp_idx": (
         "chat_messages",
@@ -196,7 +194,6 @@ INDEXES = {
         'btree (session_id, "timestamp" DESC)',
     ),
     "chat_messages_kb_id_timestamp_idx": ("chat_messages", 'btree (kb_id, "timestamp" DESC)'),
-    "document_events_trace_id_idx": ("document_events", "btree (trace_id)"),
     "document_events_timestamp_idx": ("document_events", 'btree ("timestamp" DESC)'),
     "document_events_kb_id_timestamp_idx": (
         "document_events",
