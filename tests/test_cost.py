@@ -275,6 +275,15 @@ def test_updated_price_data_shows_in_the_version() -> None:
     assert after.usd == before.usd
 
 
+def in_fresh_interpreter(script: str) -> str:
+    """Run ``script`` in a new Python process (nothing imported or cached yet); its stdout."""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def test_without_the_extra_the_module_imports_and_notes_it_once() -> None:
     """With genai_prices unimportable: cost() is None, counted, and one warning says why."""
     script = (
@@ -287,13 +296,10 @@ def test_without_the_extra_the_module_imports_and_notes_it_once() -> None:
         "assert c.cost('mine', None, input_tokens=1_000_000).usd == 1\n"
         "print('stats', c.stats.unavailable, c.stats.priced)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    assert "stats 2 1" in done.stdout
-    assert done.stdout.count("cost_prices_unavailable") == 1
-    assert "tracewriter[cost]" in done.stdout
+    out = in_fresh_interpreter(script)
+    assert "stats 2 1" in out
+    assert out.count("cost_prices_unavailable") == 1
+    assert "tracewriter[cost]" in out
 
 
 def test_load_builds_the_price_data_so_the_first_price_does_not() -> None:
@@ -311,12 +317,9 @@ def test_load_builds_the_price_data_so_the_first_price_does_not() -> None:
         "assert c.cost('gpt-4o', 'openai', input_tokens=5) is not None\n"
         "print('after', data_snapshot._bundled_snapshot.cache_info().misses)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    assert "before False" in done.stdout and "built 1" in done.stdout
-    assert "after 1" in done.stdout  # built once, by load(), not again by the first price
+    out = in_fresh_interpreter(script)
+    assert "before False" in out and "built 1" in out
+    assert "after 1" in out  # built once, by load(), not again by the first price
 
 
 # --- price(): the row builders' positional entry, with remembered plans -------------------------
