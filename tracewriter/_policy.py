@@ -544,22 +544,15 @@ class Policy:
             and new_content is None
         ):
             return event  # nothing matched: no new tuple
-        if new_content is None:
-            return (
-                *event[:ERROR_MESSAGE],
-                error_message,
-                *event[ERROR_MESSAGE + 1 : METADATA],
-                metadata,
-                *event[DETAIL:],
-            )
+        kind_fields = event[DETAIL:]
+        if new_content is not None:
+            kind_fields = (*event[DETAIL:_CHAT_CONTENT], new_content, *event[_CHAT_CONTENT + 1 :])
         return (
             *event[:ERROR_MESSAGE],
             error_message,
             *event[ERROR_MESSAGE + 1 : METADATA],
             metadata,
-            *event[DETAIL:_CHAT_CONTENT],
-            new_content,
-            *event[_CHAT_CONTENT + 1 :],
+            *kind_fields,
         )
 
     # --- sampling ---

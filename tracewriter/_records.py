@@ -143,11 +143,11 @@ class Event(NamedTuple):
     @classmethod
     def of(cls, event: tuple[Any, ...]) -> Event:
         """The named view of a flat event tuple (``detail`` None when it has no kind fields)."""
-        return cls._make((*event[:_COMMON], event[_COMMON:] or None))
+        return cls._make((*event[:DETAIL], event[DETAIL:] or None))
 
     def flat(self) -> tuple[Any, ...]:
         """The flat tuple a provider gets: the common fields, then ``detail``'s inline."""
-        return (*self[:_COMMON], *(self.detail or ()))
+        return (*self[:DETAIL], *(self.detail or ()))
 
 
 # The field positions, derived from Event so that they have one home.
@@ -170,7 +170,6 @@ KB_ID: Final = _FIELDS.index("kb_id")
 METADATA: Final = _FIELDS.index("metadata")
 # Where the kind's own fields begin: ``event[DETAIL:]``, inline after the common fields.
 DETAIL: Final = _FIELDS.index("detail")
-_COMMON: Final = DETAIL
 
 EventTuple = tuple[Any, ...]
 
