@@ -21,6 +21,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
+from tracewriter._ids import is_valid_span_id, is_valid_trace_id
 from tracewriter.migrate import apply_migrations
 
 # conftest's async fixtures (``pool``) live on the session's event loop; run the tests there too.
@@ -462,6 +463,9 @@ async def test_indexes_are_as_designed(pool: asyncpg.Pool) -> None:
         ("span_id", SPAN_ID[:15]),
         ("span_id", SPAN_ID.upper()),
         ("span_id", "0" * 16),
+        ("trace_id", TRACE_ID[:31] + "\n"),
+        ("trace_id", TRACE_ID[:31] + "é"),
+        ("span_id", " " + SPAN_ID[1:]),
     ],
 )
 async def test_id_checks_refuse_malformed_ids(pool: asyncpg.Pool, column: str, value: str) -> None:
@@ -469,6 +473,54 @@ async def test_id_checks_refuse_malformed_ids(pool: asyncpg.Pool, column: str, v
     async with pool.acquire() as conn:
         with pytest.raises(asyncpg.CheckViolationError):
             await insert_trace(conn, datetime.now(UTC), **{column: value})
+
+
+# Ids around the edges of the rule: lengths one off, every non-hex neighbour of the hex ranges,
+# whitespace and a newline at either end (a regex `$` might match before it), a character of
+# two bytes (character and byte counts differ), all zeros.
+_ID_CANDIDATES = (
+    [TRACE_ID, SPAN_ID, "0" * 32, "0" * 16, "0" * 31 + "1", "f" * 16, "", "a"]
+    + [TRACE_ID[:n] for n in (15, 17, 31)]
+    + [TRACE_ID + "0", SPAN_ID + "0", TRACE_ID.upper(), SPAN_ID.upper()]
+    + [SPAN_ID[:15] + c for c in "/:@G`g-. \t\nå"]
+    + [TRACE_ID[:31] + c for c in "/:@G`g-. \t\nå"]
+    + [c + SPAN_ID[1:] for c in " \nA"]
+    + [SPAN_ID + "\n", TRACE_ID + "\n", SPAN_ID[:8] + "\n" + SPAN_ID[9:], "é" * 16, "é" * 32]
+)
+
+
+async def test_id_checks_accept_exactly_what_the_writer_generates(pool: asyncpg.Pool) -> None:
+    """Every id CHECK of every trace table accepts a value if and only if the writer's own
+    validator does: the cheaper expression of 0007 is the same rule as 0001's regex."""
+    async with pool.acquire() as conn:
+        checks = await conn.fetch(
+            "SELECT conrelid::regclass::text AS tbl, conname, "
+            "pg_get_expr(conbin, conrelid) AS expr FROM pg_constraint "
+            "WHERE contype = 'c' AND (conname LIKE '%span_id_check' "
+            "OR conname LIKE '%trace_id_check')"
+        )
+        seen = set()
+        for check in checks:
+            table = check["tbl"].removeprefix("observability.")
+            if table not in ("traces", "spans", "chat_messages", "document_events"):
+                continue  # a partition's or chunk's copy of its table's constraint
+            seen.add(check["conname"])
+            column = check["conname"].removeprefix(table + "_").removesuffix("_check")
+            valid = is_valid_trace_id if column == "trace_id" else is_valid_span_id
+            # The expression names the column unqualified: give it a row with that column.
+            verdicts = await conn.fetch(
+                f"SELECT v.x AS value, ({check['expr']}) AS ok "
+                f"FROM unnest($1::text[]) AS v(x), LATERAL (SELECT v.x AS {column}) AS c",
+                _ID_CANDIDATES,
+            )
+            assert {r["value"]: r["ok"] for r in verdicts} == {
+                value: valid(value) for value in _ID_CANDIDATES
+            }, check["conname"]
+    assert seen == {
+        "traces_trace_id_check", "traces_span_id_check", "spans_trace_id_check",
+        "spans_span_id_check", "spans_parent_span_id_check", "chat_messages_trace_id_check",
+        "chat_messages_span_id_check", "document_events_trace_id_check",
+    }  # fmt: skip
 
 
 async def test_id_checks_apply_to_every_table_with_ids(pool: asyncpg.Pool) -> None:
