@@ -27,6 +27,7 @@ from tracewriter._assembler import Assembler, Pending
 from tracewriter._buffer import Buffer
 from tracewriter._config import WriterConfig
 from tracewriter._cost import CostCalculator
+from tracewriter._graveyard import bury
 from tracewriter._logging import RateLimitedLog, get_logger
 from tracewriter._policy import Policy
 from tracewriter._records import (
@@ -314,7 +315,9 @@ class Flusher:
 
     async def _build(self, *, force: bool) -> None:
         """Turn taken events into rows (the assembler's work), a slice at a time."""
-        self._unbuilt.extend(self._buffer.take())
+        taken = self._buffer.take()
+        self._unbuilt.extend(taken)
+        bury(taken)  # the events, freed after the next collection rather than one by one
         assembler = self._assembler
         now = self._clock()
         # Redaction and content capture happen here, per slice, before any row is built: a
@@ -450,11 +453,12 @@ class Flusher:
     ) -> None:
         await self._write_isolating(table, batch, op)
         batches.remove(batch)
+        bury(batch)  # its rows, likewise
 
     async def _drain_queue(self, table: str, batches: list[_Batch], op: WriteOp) -> None:
         while batches:
             await self._write_isolating(table, batches[0], op)
-            batches.pop(0)
+            bury(batches.pop(0))
 
     async def _write_isolating(self, table: str, batch: _Batch, op: WriteOp) -> None:
         """Write ``batch``; on a data error split it until the refused rows stand alone."""

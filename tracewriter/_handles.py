@@ -41,7 +41,6 @@ _repeated_log: Final = RateLimitedLog(_log, "span_end_repeated")
 #  snapshotted, the rest as given (end_event() makes them event values).
 Facts = tuple[Any, ...]
 _NO_FACTS: Final[Facts] = (None,) * 9
-_NO_DETAIL: Final = (None,) * 6
 
 
 def merge_facts(earlier: Facts | None, later: Facts) -> Facts:
@@ -101,12 +100,11 @@ def end_event(  # noqa: PLR0917 - positional on purpose: it is on the end path
         )
     else:
         status, error_type, error_message = _outcome(status, error)
-    detail: tuple[Any, ...] = (model, provider, tin, tout, tcached, treason)
-    if detail == _NO_DETAIL:
-        detail = ()  # nothing for the typed columns: the end of a plain span
+    # Six kind fields, None where not known: the end of a plain span is NO_DETAIL (see Event).
     return (_SPAN_END, start_ns, time_ns(), child.trace_id, child.span_id, child.parent_span_id,
             name, span_type, status, duration, error_type, error_message, child.user_id,
-            child.session_id, child.kb_id, metadata, *detail)  # fmt: skip
+            child.session_id, child.kb_id, metadata, model, provider, tin, tout, tcached,
+            treason)  # fmt: skip
 
 
 class SpanHandle:

@@ -32,6 +32,7 @@ from tracewriter._logging import RateLimitedLog, get_logger
 from tracewriter._policy import Policy
 from tracewriter._provider import LoopThread, PostgresProvider, Provider, WriterStats
 from tracewriter._records import (
+    NO_DETAIL,
     EventKind,
     EventTuple,
     clean_text,
@@ -164,7 +165,8 @@ class _SpanScope:
                 (_SPAN_START, self._start_ns, None, child.trace_id, child.span_id,
                 child.parent_span_id, self._name, self._type, None, None, None, None,
                 child.user_id, child.session_id, child.kb_id,
-                None if meta is None else snapshot_metadata(meta))
+                None if meta is None else snapshot_metadata(meta),
+                None, None, None, None, None, None)
             )  # fmt: skip
             self._token = _set_current(child)
             return child.span_id
@@ -194,7 +196,8 @@ class _SpanScope:
                     "error" if failed else "ok", duration,
                     exc_type.__qualname__ if exc_type is not None else None,
                     str(exc) if failed else None,
-                    child.user_id, child.session_id, child.kb_id, None)
+                    child.user_id, child.session_id, child.kb_id, None,
+                    None, None, None, None, None, None)
                 )  # fmt: skip
         except Exception as err:  # str(exc) of a hostile exception, say
             self._svc._internal_error("span_exit", err)
@@ -340,7 +343,8 @@ class ObservabilityService:
             self._emit(
                 (_TRACE_START, _ns_of(ctx.timestamp), None, ctx.trace_id, ctx.span_id, None,
                 name, None, None, None, None, None, user_id, session_id, kb_id,
-                None if metadata is None else snapshot_metadata(metadata))
+                None if metadata is None else snapshot_metadata(metadata),
+                None, None, None, None, None, None)
             )  # fmt: skip
             return ctx
         except Exception as exc:
@@ -364,7 +368,8 @@ class ObservabilityService:
                 (_TRACE_END, _ns_of(ctx.timestamp), time_ns(), ctx.trace_id, ctx.span_id,
                 None, None, None, status, duration_ms, None, error_message,
                 ctx.user_id, ctx.session_id, ctx.kb_id,
-                None if metadata is None else snapshot_metadata(metadata))
+                None if metadata is None else snapshot_metadata(metadata),
+                None, None, None, None, None, None)
             )  # fmt: skip
         except Exception as exc:
             self._internal_error("end_trace", exc)
@@ -407,7 +412,8 @@ class ObservabilityService:
                 (_SPAN_START, start_ns, None, child.trace_id, child.span_id,
                 child.parent_span_id, name, span_type, None, None, None, None,
                 child.user_id, child.session_id, child.kb_id,
-                None if metadata is None else snapshot_metadata(metadata))
+                None if metadata is None else snapshot_metadata(metadata),
+                None, None, None, None, None, None)
             )  # fmt: skip
             return SpanHandle(self, child, start_ns, mono, name, span_type)
         except Exception as exc:
@@ -474,7 +480,7 @@ class ObservabilityService:
                 c.user_id if c else None, c.session_id if c else None,
                 c.kb_id if c else None,
                 None if metadata is None else snapshot_metadata(metadata),
-                role, content, token_count)
+                role, content, token_count, None, None, None)
             )  # fmt: skip
         except Exception as exc:
             self._internal_error("log_chat_message", exc)
@@ -508,7 +514,7 @@ class ObservabilityService:
                 status, duration_ms, None, error_message, c.user_id,
                 c.session_id, kb_id,
                 None if metadata is None else snapshot_metadata(metadata),
-                document_id, event_type, chunk_count)
+                document_id, event_type, chunk_count, None, None, None)
             )  # fmt: skip
         except Exception as exc:
             self._internal_error("log_document_event", exc)
@@ -629,18 +635,19 @@ class ObservabilityService:
             self._emit(
                 (_SPAN, start_ns, end_ns, trace_id, span_id, parent_span_id, name, span_type,
                 status, duration, error_type, error_message, user_id, session_id, kb_id,
-                None if metadata is None else snapshot_metadata(metadata), *(llm or ()))
+                None if metadata is None else snapshot_metadata(metadata), *(llm or NO_DETAIL))
             )  # fmt: skip
             if trace:
                 self._emit(
                     (_TRACE_START, start_ns, None, trace_id, span_id, None, name, None, None,
                     None, None, None, user_id, session_id, kb_id,
-                    None if trace_metadata is None else snapshot_metadata(trace_metadata))
+                    None if trace_metadata is None else snapshot_metadata(trace_metadata),
+                    None, None, None, None, None, None)
                 )  # fmt: skip
                 self._emit(
                     (_TRACE_END, start_ns, end_ns, trace_id, span_id, None, None, None,
                     status, duration, error_type, error_message, user_id, session_id, kb_id,
-                    None)
+                    None, None, None, None, None, None, None)
                 )  # fmt: skip
         except Exception as exc:
             self._internal_error("record_span", exc)
