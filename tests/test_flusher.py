@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from tracewriter import _flusher as flusher_module
+from tracewriter import _graveyard as graveyard
 from tracewriter import _schema as schema
 from tracewriter._buffer import Buffer
 from tracewriter._flusher import Flusher, FlusherSettings
@@ -376,3 +378,24 @@ async def test_refused_rows_are_logged_rate_limited_and_letters_past_the_cap_cou
 
 async def _never_written(letters: Sequence[Any]) -> None:
     raise RetriableSinkError("dead_letters is locked", sqlstate="55P03")
+
+
+async def test_what_a_flush_is_done_with_waits_for_the_next_collection() -> None:
+    """The taken events and each written batch are buried, not freed one by one (see
+    tracewriter/_graveyard.py), and the next collection frees them; the ledger balances."""
+    buffer, sink, flusher, _ = make()
+    threshold = gc.get_threshold()
+    gc.set_threshold(0)  # no automatic collection in between; the collector stays enabled
+    try:
+        gc.collect()
+        assert graveyard.buried() == 0
+        for _ in range(10):
+            buffer.put(llm_event())
+        assert await flusher.flush_once(force=False)
+        assert len(sink.rows(schema.SPANS)) == 10
+        assert graveyard.buried() >= 2  # the taken deque and the written batch
+        gc.collect(0)
+        assert graveyard.buried() == 0
+    finally:
+        gc.set_threshold(*threshold)
+    assert buffer.snapshot().balances() and buffer.snapshot().written == 10
