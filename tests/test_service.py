@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from typing import Any
 
@@ -318,6 +319,29 @@ async def test_start_fails_loudly_on_a_database_without_the_schema(server_dsn: s
         await svc.start()
     await svc.close()
     assert svc.stats() is not None and not svc.stats().running  # type: ignore[union-attr]
+
+
+async def test_start_leaves_what_it_built_in_the_oldest_generation(db_dsn: str) -> None:
+    """start() ends with a full collection, so the pool it opened is not promoted by one
+    during the application's first requests; a disabled collector is left alone."""
+    svc = ObservabilityService(db_dsn)
+    await svc.start()
+    try:
+        pool = svc.postgres._sink._pool  # type: ignore[union-attr]
+        assert pool is not None
+        assert any(o is pool for o in gc.get_objects(generation=2))
+    finally:
+        await svc.close()
+
+    gc.disable()
+    try:
+        full = gc.get_stats()[2]["collections"]
+        svc = ObservabilityService(db_dsn)
+        await svc.start()
+        await svc.close()
+        assert gc.get_stats()[2]["collections"] == full
+    finally:
+        gc.enable()
 
 
 def test_get_instance_is_one_process_wide_service_until_reset(
