@@ -25,6 +25,7 @@ import time
 from typing import Any
 
 from benchmarks._common import ROOT, Figure, Report, percentile, ratio, say, verdict
+from benchmarks._table import print_table
 
 VARIANTS = ("none", "tracewriter", "otel")
 _LLM_SECONDS = 0.02  # the fake LLM call every request awaits
@@ -309,7 +310,6 @@ def main(argv: list[str] | None = None) -> None:
         quiet_logging()
         serve(args.variant, args.port, args.dsn)
         return
-    from benchmarks.run import print_table  # noqa: PLC0415
 
     report = Report()
     run(report, args.dsn, rate=args.rate, seconds=args.seconds, warmup=2.0)

@@ -33,6 +33,7 @@ from typing import Any
 import asyncpg
 
 from benchmarks._common import Figure, Report, percentile, reset, say, verdict
+from benchmarks._table import print_table
 from benchmarks._workload import LLM_ARGS, default_metadata, trace_async, trace_sync
 from tracewriter import ObservabilityService, PostgresProvider, WriterConfig
 from tracewriter._schema import COLUMNS
@@ -413,7 +414,6 @@ def main(argv: list[str] | None = None) -> None:
     import argparse  # noqa: PLC0415
 
     from benchmarks._common import quiet_logging  # noqa: PLC0415
-    from benchmarks.run import print_table  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cost", description=__doc__)
     parser.add_argument("dsn", nargs="?", help="a migrated database; without it, GC figures only")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import signal
 import sys
@@ -34,6 +33,7 @@ from benchmarks._common import (
     quiet_logging,
     say,
 )
+from benchmarks._table import by_section, format_ratio, format_value, print_table
 
 SECTIONS = ("hotpath", "memory", "cost", "throughput", "latency", "asgi", "outage")
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
@@ -131,60 +131,6 @@ def _clean_environment() -> dict[str, str]:
 # --- output ------------------------------------------------------------------------------------
 
 
-def _num(value: float, unit: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    if unit in ("rows/s", "spans/s"):
-        return f"{value:,.0f} {unit}"
-    if unit == "B":
-        return f"{value:,.0f} B"
-    if unit == "MB":
-        return f"{value:,.1f} MB"
-    if unit == "×":
-        return f"{value:,.1f} ×"
-    if abs(value) >= 100:
-        return f"{value:,.0f} {unit}"
-    if abs(value) >= 10:
-        return f"{value:.1f} {unit}"
-    return f"{value:.2f} {unit}" if abs(value) >= 0.1 else f"{value:.3f} {unit}"
-
-
-def _ratio(f: Figure) -> str:
-    if f.ratio is None or math.isnan(f.ratio):
-        return ""
-    r = f.ratio
-    text = (
-        f"{r:,.0f}"
-        if r >= 100
-        else f"{r:.1f}"
-        if r >= 10
-        else f"{r:.2f}"
-        if r >= 0.1
-        else f"{r:.3f}"
-    )
-    return f"{text} × {f.ratio_to}"
-
-
-def _sections(report: Report) -> dict[str, list[Figure]]:
-    grouped: dict[str, list[Figure]] = {}
-    for f in report.figures:
-        grouped.setdefault(f.section, []).append(f)
-    return grouped
-
-
-def print_table(report: Report) -> None:
-    for section, figures in _sections(report).items():
-        say(f"\n{section}")
-        width = max(len(f.label) for f in figures)
-        for f in figures:
-            say(
-                f"  {f.label:<{width}}  {_num(f.value, f.unit) if f.value is not None else '':>16}"
-                f"  {_ratio(f):<26} {f.target:<24} {f.status}"
-            )
-    for key, err in report.errors.items():
-        say(f"\n{key}: CRASHED\n{err}")
-
-
 def markdown(report: Report, meta: dict[str, Any]) -> str:
     m = meta["machine"]
     server = meta.get("server", {})
@@ -209,7 +155,7 @@ def markdown(report: Report, meta: dict[str, Any]) -> str:
         f"{meta.get('load_average_at_end', '?')} at end (other work shares this machine) |",
         "",
     ]
-    for section, figures in _sections(report).items():
+    for section, figures in by_section(report).items():
         lines += [
             f"### {section}",
             "",
@@ -217,10 +163,10 @@ def markdown(report: Report, meta: dict[str, Any]) -> str:
             "|---|--:|--:|---|:-:|---|",
         ]
         for f in figures:
-            value = _num(f.value, f.unit) if f.value is not None else ""
+            value = format_value(f.value, f.unit) if f.value is not None else ""
             note = f.note.replace("|", "\\|")
             lines.append(
-                f"| {f.label} | {value} | {_ratio(f)} | {f.target} | {f.status} | {note} |"
+                f"| {f.label} | {value} | {format_ratio(f)} | {f.target} | {f.status} | {note} |"
             )
         lines.append("")
     for key, err in report.errors.items():
