@@ -14,21 +14,30 @@ the row builders clean what it passes on, off the hot path, exactly as for ``log
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from time import monotonic, time_ns
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 from tracewriter._context import TraceContext
 from tracewriter._logging import RateLimitedLog, get_logger
 from tracewriter._records import ERROR_MESSAGE_CHARS, EventKind, EventTuple, clean_text
 from tracewriter._records import snapshot_metadata as _snapshot
 
-if TYPE_CHECKING:
-    from tracewriter._service import ObservabilityService
-
 __all__ = ["Facts", "SpanHandle", "end_event", "merge_facts"]
 
 _log = get_logger("service")
 _SPAN_END: Final = EventKind.SPAN_END
+
+
+class Recorder(Protocol):
+    """What a handle needs of the service that started it (the service is one): where events
+    go, where a failure inside a recording call is counted, and the count of repeated ends."""
+
+    _emit: Callable[[EventTuple], None]
+    duplicate_span_ends: int
+
+    def _internal_error(self, where: str, exc: BaseException) -> None: ...
+
 
 # Counting repeated ends (rare) is the only thing under a lock; whether an end is the first is
 # decided by list.pop() on the handle, one atomic operation with or without the GIL.
@@ -121,7 +130,7 @@ class SpanHandle:
 
     def __init__(  # noqa: PLR0917 - built only by ObservabilityService.start_span
         self,
-        svc: ObservabilityService,
+        svc: Recorder,
         context: TraceContext,
         start_ns: int,
         start_mono: float,
