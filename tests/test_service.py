@@ -330,6 +330,9 @@ async def test_start_leaves_what_it_built_in_the_oldest_generation(db_dsn: str) 
         pool = svc.postgres._sink._pool  # type: ignore[union-attr]
         assert pool is not None
         assert any(o is pool for o in gc.get_objects(generation=2))
+        full = gc.get_stats()[2]["collections"]
+        await svc.start()  # already started: nothing new to promote, no second pause
+        assert gc.get_stats()[2]["collections"] == full
     finally:
         await svc.close()
 

@@ -288,6 +288,7 @@ class ObservabilityService:
         # Where the synchronous lifecycle runs the providers' coroutines: one loop for all
         # three calls, so what a provider binds to its loop in start() still works in close().
         self._sync_loop: LoopThread | None = None
+        self._started_once = False  # start() has returned once (and collected, see start())
 
     def __repr__(self) -> str:
         names = [p.name for p in self._providers]
@@ -525,21 +526,23 @@ class ObservabilityService:
     async def start(self) -> None:
         """Start every provider; a configuration problem (DSN, password, schema) raises here.
 
-        Ends with one full collection of the cycle collector, on the caller's thread (13 ms
-        here without the price table, 30-45 ms with it; a collector the application disabled
-        is left alone). Start-up leaves tens of thousands of new long-lived objects (the
-        price table alone is ~31,000, the pool and its connections more); left to CPython,
-        they are promoted by a full collection during the first seconds of traffic, which
-        measured 27-40 ms inside the loop-lag benchmark's run. Collected here, they are in the
-        oldest generation before the first request, and the next full collection waits until
-        the long-lived objects grow by a quarter again. An application that wants no full
-        collection to walk them at all can call ``gc.freeze()`` after this returns (see the
-        README).
+        The first call that succeeds ends with one full collection of the cycle collector, on
+        the caller's thread (13 ms here without the price table, 30-45 ms with it; a collector
+        the application disabled is left alone). Start-up leaves tens of thousands of new
+        long-lived objects (the price table alone is ~31,000, the pool and its connections
+        more); left to CPython, they are promoted by a full collection during the first
+        seconds of traffic, which measured 27-40 ms inside the loop-lag benchmark's run.
+        Collected here, they are in the oldest generation before the first request, and the
+        next full collection waits until the long-lived objects grow by a quarter again. An
+        application that wants no full collection to walk them at all can call
+        ``gc.freeze()`` after this returns (see the README).
         """
         for provider in self._providers:
             await provider.start()
-        if gc.isenabled():
-            gc.collect()
+        if not self._started_once:
+            self._started_once = True  # a second start() has nothing new to promote
+            if gc.isenabled():
+                gc.collect()
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Write everything recorded so far; True if every provider finished in time."""
