@@ -45,6 +45,7 @@ from tracewriter._sink import (
     SinkError,
     SyncStatus,
 )
+from tracewriter._slices import pause
 
 __all__ = ["Flusher", "FlusherSettings", "FlusherStats"]
 
@@ -333,7 +334,7 @@ class Flusher:
                 assembler.add(deque([prepare(popleft()) for _ in range(count)]), now, count)
             self._settle_rejected()
             if self._unbuilt:
-                await asyncio.sleep(0)  # assembling is CPU work on the host's loop: share it
+                await pause()  # assembling is CPU work on the host's loop: share it
         # Open rows past their grace (or all of them when forced) are written open now.
         assembler.release(now, force=force)
         inserts, ends = assembler.take()
@@ -411,7 +412,7 @@ class Flusher:
         # in the roll-up if this is cancelled between slices.
         while self._rollup.pending:
             if self._rollup.fold(_FOLD_BUDGET):
-                await asyncio.sleep(0)  # a slice of CPU work, not a wait for a condition
+                await pause()  # a slice of CPU work, not a wait for a condition
         while len(self._rollup):
             if len(self._metric_batches) >= _MAX_PENDING_METRIC_BATCHES:
                 self._metric_batches.pop(0)
@@ -420,7 +421,7 @@ class Flusher:
                 (str(uuid.uuid4()), self._rollup.take_rows(_METRIC_BATCH_ROWS))
             )
             if len(self._rollup):
-                await asyncio.sleep(0)
+                await pause()
         while self._metric_batches:
             batch_id, rows = self._metric_batches[0]
             try:
@@ -489,7 +490,7 @@ class Flusher:
                 continue
             for i in range(0, len(rows), _ROLLUP_CHUNK):
                 if i:
-                    await asyncio.sleep(0)
+                    await pause()
                 self._rollup.add_rows(table, rows[i : i + _ROLLUP_CHUNK])
 
     def _written(self, table: str, rows: list[Row], weights: bytearray) -> None:

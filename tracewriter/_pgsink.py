@@ -29,6 +29,7 @@ from tracewriter._config import WriterConfig, redact_dsn, redact_text
 from tracewriter._logging import get_logger
 from tracewriter._schema import Row
 from tracewriter._sink import DataSinkError, DeadLetter, RetriableSinkError, SinkError, SyncStatus
+from tracewriter._slices import pause
 from tracewriter._sql import Statements
 from tracewriter.errors import ConfigurationError
 
@@ -70,7 +71,7 @@ async def _yielding(rows: Sequence[Row], every: int) -> AsyncIterator[Row]:
     # Slices of ``every`` rows with a plain for loop: no per-row counter or modulo.
     for start in range(0, len(rows), every):
         if start:
-            await asyncio.sleep(0)
+            await pause()
         for row in rows[start : start + every]:
             yield row
 

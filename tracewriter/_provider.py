@@ -33,6 +33,7 @@ from tracewriter._pgsink import PostgresSink
 from tracewriter._policy import Policy
 from tracewriter._records import EventTuple
 from tracewriter._sink import Sink
+from tracewriter._slices import writer_thread
 from tracewriter.errors import ConfigurationError, WriterClosedError
 
 __all__ = ["LoopThread", "PostgresProvider", "Provider", "WriterStats"]
@@ -124,6 +125,7 @@ class LoopThread:
 
     def _main(self) -> None:
         loop = self.loop
+        writer_thread()  # slices of work here hand the GIL to the application's threads
         try:
             loop.run_forever()
         finally:

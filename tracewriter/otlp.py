@@ -100,6 +100,7 @@ from tracewriter._records import (
     clean_text,
 )
 from tracewriter._records import event_metadata as _decoded_metadata
+from tracewriter._slices import pause
 from tracewriter.errors import ConfigurationError
 
 __all__ = ["OtlpProvider", "OtlpStats", "event_metadata"]
@@ -691,7 +692,7 @@ class OtlpProvider(Provider):
             # Building protobuf messages costs some 15-40 µs an event: yield to the loop every
             # 16, so a 512-event batch never holds it for more than about a millisecond.
             if n % 16 == 0:
-                await asyncio.sleep(0)
+                await pause()
             start = None
             try:
                 event = recorded if policy is None else policy.apply(recorded)
