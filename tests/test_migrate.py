@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import sysconfig
 import uuid
 import venv
 import zipfile
@@ -18,6 +20,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tracewriter import cli
+from tracewriter._native import MODULES
 from tracewriter.errors import ConfigurationError
 from tracewriter.migrate import (
     apply_migrations,
@@ -374,18 +377,61 @@ def test_cli_connection_failure_is_one_line_without_traceback_or_password() -> N
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_installed_wheel_migrates_a_fresh_database(empty_db: str, tmp_path: Path) -> None:
-    """A wheel built from this tree, installed in a fresh venv, finds its SQL and migrates."""
+def build_wheel(tmp_path: Path, **env: str) -> tuple[Path, set[str]]:
     dist = tmp_path / "dist"
     subprocess.run(
         [sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(REPO)],
         check=True,
         capture_output=True,
-        timeout=300,
+        timeout=400,
+        env={**os.environ, **env},
     )
     (wheel,) = dist.glob("tracewriter-*.whl")
     with zipfile.ZipFile(wheel) as archive:
-        names = set(archive.namelist())
+        return wheel, set(archive.namelist())
+
+
+def has_c_compiler() -> bool:
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    return shutil.which(compiler) is not None
+
+
+# Run by the wheel's own Python: record a trace through the installed package and say whether
+# it ran compiled and what it wrote.
+WRITE_THROUGH_THE_WHEEL = """
+import asyncio, sys, tracewriter
+
+async def main():
+    svc = tracewriter.ObservabilityService(sys.argv[1], flush_interval=0.05)
+    await svc.start()
+    ctx = svc.start_trace("wheel", metadata={"k": 1})
+    with svc.span(ctx, "step", "chain"):
+        svc.log_llm_call(ctx, model="gpt-4o", input_tokens=10, output_tokens=5)
+    svc.end_trace(ctx)
+    assert await svc.flush(timeout=30)
+    stats = svc.stats()
+    await svc.close()
+    print(tracewriter.native(), stats.written, stats.rejected_invalid)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.slow
+def test_installed_wheel_migrates_a_fresh_database(empty_db: str, tmp_path: Path) -> None:
+    """A wheel built from this tree, installed in a fresh venv, finds its SQL, migrates, and
+    writes — compiled where this machine has a C compiler, as Python where it has none."""
+    wheel, names = build_wheel(tmp_path)
+    compiled = {n for n in names if n.endswith(".so")}
+    if has_c_compiler():
+        assert not wheel.name.endswith("-py3-none-any.whl"), wheel.name
+        assert {n.split(".")[0].replace("/", ".") for n in compiled} == {
+            *MODULES,
+            "tracewriter__mypyc",
+        }
+    else:
+        assert wheel.name.endswith("-py3-none-any.whl"), wheel.name
+        assert compiled == set()
     for migration in MIGRATIONS:
         assert f"tracewriter/sql/{migration}.sql" in names
         assert f"tracewriter/sql/{migration}.rollback.sql" in names
@@ -437,3 +483,26 @@ def test_installed_wheel_migrates_a_fresh_database(empty_db: str, tmp_path: Path
         "dead_letters",
         "applied_batches",
     }
+
+    wrote = subprocess.run(
+        [str(bin_dir / "python"), "-c", WRITE_THROUGH_THE_WHEEL, empty_db],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert wrote.returncode == 0, wrote.stderr
+    # five events written (the trace's start and end, the span's, the LLM call), none refused;
+    # the lines before the last are the writer's own log
+    assert wrote.stdout.splitlines()[-1].split() == [str(has_c_compiler()), "5", "0"]
+
+
+@pytest.mark.slow
+def test_pure_python_wheel_on_request(tmp_path: Path) -> None:
+    """TRACEWRITER_PURE_PYTHON=1 builds the wheel any platform installs: no extension in it."""
+    wheel, names = build_wheel(tmp_path, TRACEWRITER_PURE_PYTHON="1")
+    assert wheel.name.endswith("-py3-none-any.whl"), wheel.name
+    assert not any(n.endswith(".so") for n in names)
+    assert "tracewriter/_records.py" in names

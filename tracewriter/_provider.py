@@ -29,6 +29,7 @@ from tracewriter._config import WriterConfig, redact_dsn
 from tracewriter._cost import CostCalculator
 from tracewriter._flusher import Flusher, FlusherSettings
 from tracewriter._logging import get_logger
+from tracewriter._native import is_native
 from tracewriter._pgsink import PostgresSink
 from tracewriter._policy import Policy
 from tracewriter._records import EventTuple
@@ -284,7 +285,7 @@ class PostgresProvider:
         self._task = loop.create_task(self._flusher.run(), name="tracewriter-flusher")
         self._task.add_done_callback(self._on_task_done)
         self._started = True
-        _log.info("writer_started", mode=mode, dsn=redact_dsn(self.config.dsn))
+        _log.info("writer_started", mode=mode, dsn=redact_dsn(self.config.dsn), native=is_native())
 
     def _attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
