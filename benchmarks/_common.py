@@ -246,6 +246,16 @@ def load_average() -> str:
         return "n/a"
 
 
+def _row_path() -> str:
+    """How the row path ran: compiled by mypyc (what a wheel ships) or as Python."""
+    from tracewriter._native import MODULES, compiled_modules  # noqa: PLC0415
+
+    found = compiled_modules()
+    if not found:
+        return "Python (NATIVE=0, or no C compiler)"
+    return f"compiled with mypyc ({len(found)} of {len(MODULES)} modules)"
+
+
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
     return {
@@ -258,6 +268,7 @@ def machine() -> dict[str, Any]:
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": _git_commit(),
+        "row_path": _row_path(),
         "packages": {
             name: _version(name)
             for name in (

@@ -151,6 +151,7 @@ def markdown(report: Report, meta: dict[str, Any]) -> str:
         f"TimescaleDB {server.get('timescaledb', '?')}) |",
         "| Packages | " + ", ".join(f"{k} {v}" for k, v in m["packages"].items()) + " |",
         f"| tracewriter commit | {m['commit']}; source digest {m['source_digest']} |",
+        f"| Row path (`tracewriter/_native.py`) | {m.get('row_path', '?')} |",
         f"| Load average (1/5/15 min) | {m['load_average_at_start']} at start, "
         f"{meta.get('load_average_at_end', '?')} at end (other work shares this machine) |",
         "",
