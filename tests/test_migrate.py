@@ -462,15 +462,12 @@ def test_installed_wheel_migrates_a_fresh_database(empty_db: str, tmp_path: Path
     ).stdout.strip()
     assert Path(where).is_relative_to(env_dir), where
 
-    result = subprocess.run(
-        [str(bin_dir / "tracewriter"), "migrate", "--dsn", empty_db],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        cwd=tmp_path,
-        check=False,
-    )
+    def run_installed(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            argv, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path, check=False
+        )
+
+    result = run_installed(str(bin_dir / "tracewriter"), "migrate", "--dsn", empty_db)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [f"applied {m}" for m in MIGRATIONS]
     assert tables(empty_db) == {
@@ -484,15 +481,7 @@ def test_installed_wheel_migrates_a_fresh_database(empty_db: str, tmp_path: Path
         "applied_batches",
     }
 
-    wrote = subprocess.run(
-        [str(bin_dir / "python"), "-c", WRITE_THROUGH_THE_WHEEL, empty_db],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        cwd=tmp_path,
-        check=False,
-    )
+    wrote = run_installed(str(bin_dir / "python"), "-c", WRITE_THROUGH_THE_WHEEL, empty_db)
     assert wrote.returncode == 0, wrote.stderr
     # five events written (the trace's start and end, the span's, the LLM call), none refused;
     # the lines before the last are the writer's own log

@@ -1,14 +1,25 @@
-"""The compiled row path: all of it or none of it, and the one ``make test`` asked for."""
+"""The compiled row path: all of it or none of it, the one ``make test`` asked for, and the
+same rows as its source."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from importlib.util import module_from_spec, spec_from_file_location
 from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tracewriter
+from tracewriter import _ids
+from tracewriter import _records as records
 from tracewriter._native import MODULES, compiled_modules, is_native
+from tracewriter._records import EventKind
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,3 +56,98 @@ def test_native_build_reads_the_module_list_without_importing_the_package() -> N
         check=True,
     ).stdout.split()
     assert out == [",".join(MODULES), "False"]
+
+
+# --- the compiled builders against the same source run as Python -------------------------
+
+HEX32 = st.text("0123456789abcdef", min_size=32, max_size=32)
+HEX16 = st.text("0123456789abcdef", min_size=16, max_size=16)
+ODD = st.one_of(
+    st.none(),
+    st.text(max_size=40),
+    st.integers(),
+    st.floats(),
+    st.binary(max_size=8),
+    st.just("a\x00b"),
+    st.just("\ud800"),
+)
+LABEL = st.one_of(st.none(), st.sampled_from(["gpt-4o", "openai", "chain", "ok", "error"]), ODD)
+NS = st.one_of(st.integers(0, 4_200_000_000 * 10**9), st.integers(), st.floats(), st.none(), ODD)
+TOKENS = st.one_of(st.none(), st.integers(0, 100_000), st.integers(), st.floats(), ODD)
+METADATA = st.one_of(
+    st.none(),
+    st.just('{"k": [1, 2, 3]}'),
+    st.just('{"a": "\\\\u0000"}'),
+    st.just('{"a": "back\\\\slash"}'),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
+    ODD,
+)
+# Every field of an event (see tracewriter._records.Event), usual values and hostile ones.
+EVENTS = st.tuples(
+    st.sampled_from(
+        [
+            EventKind.TRACE_START,
+            EventKind.TRACE_END,
+            EventKind.SPAN_START,
+            EventKind.SPAN_END,
+            EventKind.SPAN,
+            EventKind.CHAT,
+            EventKind.DOCUMENT,
+            "bogus",
+        ]
+    ),
+    NS,
+    NS,
+    st.one_of(HEX32, ODD),
+    st.one_of(HEX16, ODD),
+    st.one_of(st.none(), HEX16, ODD),
+    *[LABEL] * 3,  # name, span_type, status
+    st.one_of(st.floats(), st.integers(), st.none(), ODD),  # duration_ms
+    *[LABEL] * 5,  # error_type, error_message, user_id, session_id, kb_id
+    METADATA,
+    LABEL,  # model / role / document_id
+    LABEL,  # provider / content / event_type
+    TOKENS,
+    TOKENS,
+    TOKENS,
+    TOKENS,
+)
+
+
+def interpreted_records() -> ModuleType:
+    """tracewriter/_records.py loaded from its source under another name, beside the compiled
+    module of the same source."""
+    source = Path(tracewriter.__file__).with_name("_records.py")
+    spec = spec_from_file_location("tracewriter._records_as_python", source)
+    assert spec is not None and spec.loader is not None
+    module = module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def outcome(build: Any, *event: Any) -> tuple[Any, ...]:
+    try:
+        return ("row", repr(build(*event)))
+    except Exception as exc:
+        return ("refused", type(exc).__name__, str(exc))
+
+
+@pytest.mark.skipif(
+    "tracewriter._records" not in compiled_modules(),
+    reason="compares the compiled builders with the source; runs in make test NATIVE=1 (CI pass 5)",
+)
+def test_compiled_builders_make_the_rows_the_source_makes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every event — ordinary, malformed or hostile — becomes the same row, or is refused the
+    same way, whether the builders run compiled or as the Python they are compiled from."""
+    python = interpreted_records()
+    assert python.build is not records.build
+    # Chat and document rows get random UUIDv7 ids; both builders draw them from one _ids.
+    monkeypatch.setattr(_ids, "getrandbits", lambda bits: 0x2A)
+
+    @settings(max_examples=400, deadline=None)
+    @given(EVENTS, EVENTS)
+    def same(event: tuple[Any, ...], other: tuple[Any, ...]) -> None:
+        assert outcome(records.build, event) == outcome(python.build, event)
+        assert outcome(records.coalesce, event, other) == outcome(python.coalesce, event, other)
+
+    same()
