@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import random
+from typing import Final
 
 # A generator of our own, seeded from os.urandom: an application that calls random.seed(n)
 # (common in ML code, and in hypothesis) must not make us repeat trace, span and row ids.
@@ -68,10 +69,10 @@ def is_valid_span_id(value: object) -> bool:
     )
 
 
-_MASK_48 = (1 << 48) - 1
-_MASK_62 = (1 << 62) - 1
+_MASK_48: Final = (1 << 48) - 1
+_MASK_62: Final = (1 << 62) - 1
 # Version 7 in bits 76-79 and variant 0b10 in bits 62-63 of the 128-bit value (RFC 9562 §5.7).
-_VERSION_AND_VARIANT = (0x7 << 76) | (0b10 << 62)
+_VERSION_AND_VARIANT: Final = (0x7 << 76) | (0b10 << 62)
 
 
 def new_trace_id() -> str:
@@ -111,7 +112,7 @@ def random_uuid7_hex(unix_ms: int) -> str:
 
 
 # The hex digit that carries the UUID variant (0b10) and two bits of a trace id's hex digit.
-_VARIANT_DIGIT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+_VARIANT_DIGIT: Final = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
 
 def row_id_for_valid_span(unix_ms: int, trace_id: str, span_id: str) -> str:
@@ -124,9 +125,11 @@ def row_id_for_valid_span(unix_ms: int, trace_id: str, span_id: str) -> str:
     Built by concatenating hex digits rather than by integer arithmetic: it runs for every span
     and trace row the writer builds, and costs about half as much. The 74 bits are arranged
     as: rand_a = the span id's first 3 digits; the variant digit carries trace bits 9-8; rand_b
-    = the span id's last 13 digits, then the trace id's last 2 digits.
+    = the span id's last 13 digits, then the trace id's last 2 digits. The milliseconds' hex
+    comes from ``to_bytes(6).hex()``, not a ``:012x`` format: compiled by mypyc, the format
+    spec costs 1.27 µs a call against 0.71 µs this way (0.68 µs and 0.75 µs as Python).
     """
     return (
-        f"{unix_ms & _MASK_48:012x}7{span_id[:3]}"
+        f"{(unix_ms & _MASK_48).to_bytes(6).hex()}7{span_id[:3]}"
         f"{_VARIANT_DIGIT[trace_id[-3]]}{span_id[3:]}{trace_id[-2:]}"
     )
