@@ -49,7 +49,7 @@ bench: $(STAMP_BENCH) $(BENCH_NATIVE)
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 ## make bench-citus: COPY and the writer through a Citus coordinator (TRACEWRITER_CITUS_DSN) vs a local table
-bench-citus: $(STAMP_BENCH)
+bench-citus: $(STAMP_BENCH) $(BENCH_NATIVE)
 	$(BIN)/python -m benchmarks.citus $(BENCH_ARGS)
 
 ## make native: compile the row path in place (make native-clean removes it)

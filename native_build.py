@@ -1,7 +1,8 @@
 """Compile the row path with mypyc: ``python native_build.py --inplace | --clean``.
 
 ``--inplace`` builds the extensions of ``tracewriter._native.MODULES`` beside their sources (what
-``make test NATIVE=1`` and ``make bench`` run); ``--clean`` removes them again, so the sources
+``make test NATIVE=1`` and ``make bench`` run; nothing to do when every extension is newer than
+its source, unless ``--force``); ``--clean`` removes them again, so the sources
 run as Python (what ``make test`` and ``make demo`` start with: a stale extension would hide an
 edit to its ``.py``). ``hatch_build.py`` calls :func:`compile_into` when it builds a wheel.
 
@@ -80,6 +81,16 @@ def built_in_place() -> list[Path]:
     return found
 
 
+def up_to_date() -> bool:
+    """Whether every extension is in the tree and newer than the sources it was built from."""
+    built = built_in_place()
+    if len(built) != len(modules()) + 1:
+        return False
+    inputs = [ROOT / path for path in sources()]
+    inputs += [ROOT / "tracewriter" / "_native.py", Path(__file__).resolve()]
+    return min(p.stat().st_mtime for p in built) > max(p.stat().st_mtime for p in inputs)
+
+
 def inplace() -> list[Path]:
     clean()
     with tempfile.TemporaryDirectory(prefix="tracewriter-native-") as tmp:
@@ -109,7 +120,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="with --inplace: when compiling fails, say why and leave the sources as Python",
     )
+    parser.add_argument(
+        "--force", action="store_true", help="with --inplace: compile even when up to date"
+    )
     args = parser.parse_args(argv)
+    if args.inplace and not args.force and up_to_date():
+        print("native_build: the compiled row path is up to date")
+        return 0
     if args.clean:
         for path in clean():
             print(f"removed {path.relative_to(ROOT)}")

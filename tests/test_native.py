@@ -4,8 +4,11 @@ same rows as its source."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import time
+from importlib.machinery import EXTENSION_SUFFIXES
 from importlib.util import module_from_spec, spec_from_file_location
 from pathlib import Path
 from types import ModuleType
@@ -56,6 +59,41 @@ def test_native_build_reads_the_module_list_without_importing_the_package() -> N
         check=True,
     ).stdout.split()
     assert out == [",".join(MODULES), "False"]
+
+
+def test_an_inplace_build_is_redone_only_when_a_source_is_newer(tmp_path: Path) -> None:
+    """make test NATIVE=1 and make bench skip compiling when nothing changed; an edited source
+    (or a missing extension) makes the build run again, so a stale one never hides an edit."""
+    (tmp_path / "tracewriter").mkdir()
+    shutil.copy2(REPO / "native_build.py", tmp_path)
+    for name in (*MODULES, "tracewriter._native"):
+        shutil.copy2(REPO / (name.replace(".", "/") + ".py"), tmp_path / "tracewriter")
+    suffix = EXTENSION_SUFFIXES[0]
+    built = [tmp_path / (name.replace(".", "/") + suffix) for name in MODULES]
+    built.append(tmp_path / ("tracewriter__mypyc" + suffix))
+
+    def up_to_date() -> bool:
+        out = subprocess.run(
+            [sys.executable, "-c", "import native_build; print(native_build.up_to_date())"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.strip() == "True"
+
+    assert not up_to_date()  # nothing built
+    later = time.time() + 10
+    for path in built:
+        path.write_bytes(b"")
+        os.utime(path, (later, later))
+    assert up_to_date()
+    records_py = tmp_path / "tracewriter" / "_records.py"
+    os.utime(records_py, (later + 5, later + 5))  # an edit after the build
+    assert not up_to_date()
+    os.utime(records_py, (later - 5, later - 5))
+    built[0].unlink()
+    assert not up_to_date()
 
 
 # --- the compiled builders against the same source run as Python -------------------------
