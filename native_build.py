@@ -2,7 +2,7 @@
 
 ``--inplace`` builds the extensions of ``tracewriter._native.MODULES`` beside their sources (what
 ``make test NATIVE=1`` and ``make bench`` run; nothing to do when every extension is newer than
-its source, unless ``--force``); ``--clean`` removes them again, so the sources
+every source of the package, unless ``--force``); ``--clean`` removes them again, so the sources
 run as Python (what ``make test`` and ``make demo`` start with: a stale extension would hide an
 edit to its ``.py``). ``hatch_build.py`` calls :func:`compile_into` when it builds a wheel.
 
@@ -82,12 +82,16 @@ def built_in_place() -> list[Path]:
 
 
 def up_to_date() -> bool:
-    """Whether every extension is in the tree and newer than the sources it was built from."""
+    """Whether every extension is in the tree and newer than everything it was built from.
+
+    That is every module of the package, not only the compiled ones: mypyc reads the modules
+    they import and copies their ``Final`` constants (``_schema``'s table names, say) into the
+    compiled code, so an edit there makes the extensions stale too.
+    """
     built = built_in_place()
     if len(built) != len(modules()) + 1:
         return False
-    inputs = [ROOT / path for path in sources()]
-    inputs += [ROOT / "tracewriter" / "_native.py", Path(__file__).resolve()]
+    inputs = [*(ROOT / "tracewriter").rglob("*.py"), Path(__file__).resolve()]
     return min(p.stat().st_mtime for p in built) > max(p.stat().st_mtime for p in inputs)
 
 
@@ -124,12 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         "--force", action="store_true", help="with --inplace: compile even when up to date"
     )
     args = parser.parse_args(argv)
-    if args.inplace and not args.force and up_to_date():
-        print("native_build: the compiled row path is up to date")
-        return 0
     if args.clean:
         for path in clean():
             print(f"removed {path.relative_to(ROOT)}")
+        return 0
+    if not args.force and up_to_date():
+        print("native_build: the compiled row path is up to date")
         return 0
     try:
         placed = inplace()
