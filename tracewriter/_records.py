@@ -614,7 +614,6 @@ _DOC_LABELS: Final = (64, 32)  # event_type, status
 
 # CostCalculator.price: (model, provider, input, output, cached, reasoning, timestamp) -> Cost.
 Pricer = Callable[[Any, Any, Any, Any, Any, Any, Any], "tuple[Any, Any, Any] | None"]
-_NO_COST: Final = (None, None, None)  # cost_usd, price_source, price_version
 _LLM_EVENT: Final = DETAIL + 6  # the length of an event carrying an LLM span's fields
 
 
@@ -689,13 +688,16 @@ def _span_row(event: EventTuple, open_row: bool, price: Pricer | None = None) ->
         labels = None
     if labels is None:
         labels = _group(key, _IDENTITY)
-    cost = None
+    user_id, session_id, kb_id = labels
+    cost_usd = price_source = price_version = None
     if (
         price is not None
         and model is not None
         and (input_tokens is not None or output_tokens is not None)
     ):
         cost = price(model, provider, input_tokens, output_tokens, cached, reasoning, start)
+        if cost is not None:
+            cost_usd, price_source, price_version = cost
     error_type = event[ERROR_TYPE]
     error_message = event[ERROR_MESSAGE]
     metadata = event[METADATA]
@@ -703,6 +705,7 @@ def _span_row(event: EventTuple, open_row: bool, price: Pricer | None = None) ->
         type(metadata) is not str or len(metadata) > METADATA_BYTES or "\\" in metadata
     ):
         metadata = metadata_text(metadata)
+    # Every field by name, no starred groups: mypyc builds a starred tuple through a list.
     return (
         row_id_for_valid_span(unix_ms, trace_id, span_id),
         start,
@@ -721,8 +724,12 @@ def _span_row(event: EventTuple, open_row: bool, price: Pricer | None = None) ->
         output_tokens,
         cached,
         reasoning,
-        *labels,
-        *(_NO_COST if cost is None else cost),  # cost_usd, price_source, price_version
+        user_id,
+        session_id,
+        kb_id,
+        cost_usd,
+        price_source,
+        price_version,
         metadata,
     )
 
