@@ -870,17 +870,29 @@ def coalesce(start: EventTuple, end: EventTuple) -> EventTuple:
             None if metadata is None else metadata_text(metadata), metadata_text(end_metadata)
         )
     ours = end[DETAIL:]
-    return (
+    # The end of a plain span (or block) knows no facts: the start's fields stand.
+    detail = start[DETAIL:] if ours == NO_DETAIL or not ours else _merge_detail(start, end)
+    # Every common field by name, then the kind fields added: no starred slices, which mypyc
+    # builds through a list (a pair compiled 0.44-0.51 -> 0.28-0.29 µs; as Python 0.65 -> 0.5).
+    common = (
         end[KIND],
         start[START_NS],
         end[END_NS],
-        *start[TRACE_ID:STATUS],
-        *end[STATUS:USER_ID],
-        *start[USER_ID:METADATA],
+        start[TRACE_ID],
+        start[SPAN_ID],
+        start[PARENT_SPAN_ID],
+        start[NAME],
+        start[SPAN_TYPE],
+        end[STATUS],
+        end[DURATION_MS],
+        end[ERROR_TYPE],
+        end[ERROR_MESSAGE],
+        start[USER_ID],
+        start[SESSION_ID],
+        start[KB_ID],
         metadata,
-        # The end of a plain span (or block) knows no facts: the start's fields stand.
-        *(start[DETAIL:] if ours == NO_DETAIL or not ours else _merge_detail(start, end)),
     )
+    return common + detail
 
 
 def _merge_detail(start: EventTuple, end: EventTuple) -> tuple[Any, ...]:
