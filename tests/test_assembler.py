@@ -61,14 +61,22 @@ def test_events_are_plain_tuples_laid_out_as_event() -> None:
     capture = Capture()
     svc = ObservabilityService(providers=[capture])
     record_everything(svc, {"a": 1})
-    assert len(capture.events) == 7
+    ctx = svc.start_trace("t")
+    svc.start_span(ctx, "stream", "llm").end()  # a handle ended with no facts
+    svc.start_span(ctx, "stream", "llm").end(model="m", output_tokens=4, metadata={"a": 1})
+    scope = svc.span(ctx, "generate", "llm")
+    with scope:
+        scope.set(model="m", input_tokens=3)
+    assert len(capture.events) == 14
     assert all(type(e) is tuple for e in capture.events)
     # The common fields, then the kind's own inline, padded with None to six: 22 fields, so
     # that no event comes from CPython's tuple free lists (uncounted by the collector).
     kind_fields = {EventKind.SPAN: 6, EventKind.CHAT: 3, EventKind.DOCUMENT: 3}
     for e in capture.events:
         assert len(e) == records.EVENT_LEN == 22
-        used = kind_fields.get(e[records.KIND], 0)
+        # An end carrying facts (a handle's, a scope's) uses the LLM span's six.
+        facts = e[records.KIND] == EventKind.SPAN_END and e[records.DETAIL :] != records.NO_DETAIL
+        used = 6 if facts else kind_fields.get(e[records.KIND], 0)
         assert e[records.DETAIL + used :] == (None,) * (6 - used)
         assert all(type(v) is not tuple for v in e)  # nothing nested: untracked at once
     llm = next(e for e in capture.events if e[records.KIND] == EventKind.SPAN)

@@ -192,20 +192,13 @@ class SpanHandle:
                 error_type = error_message = None
             else:
                 outcome, error_type, error_message = _outcome(status, error)
-            detail: tuple[Any, ...] = ()
-            if not (
-                model is None and provider is None and input_tokens is None
-                and output_tokens is None and cached_input_tokens is None
-                and reasoning_tokens is None
-            ):  # fmt: skip
-                detail = (model, provider, input_tokens, output_tokens, cached_input_tokens,
-                          reasoning_tokens)  # fmt: skip
             ctx = self.context
             svc._emit(
                 (_SPAN_END, self._start_ns, time_ns(), ctx.trace_id, ctx.span_id,
                 ctx.parent_span_id, self._name, self._type, outcome, duration, error_type,
                 error_message, ctx.user_id, ctx.session_id, ctx.kb_id,
-                None if metadata is None else _snapshot(metadata), *detail)
+                None if metadata is None else _snapshot(metadata), model, provider,
+                input_tokens, output_tokens, cached_input_tokens, reasoning_tokens)
             )  # fmt: skip
         except Exception as exc:
             svc._internal_error("span_handle_end", exc)
