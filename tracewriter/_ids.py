@@ -26,6 +26,9 @@ from typing import Final
 # its parent's ids either.
 _rng = random.Random()
 os.register_at_fork(after_in_child=_rng.seed)
+# Not Final, unlike the constants below: the differential test of the compiled builders
+# (tests/test_native.py) replaces it to make random row ids comparable; Final would make
+# compiled code read a copy. Making it Final measured no faster either.
 getrandbits = _rng.getrandbits
 
 __all__ = [
@@ -41,9 +44,9 @@ __all__ = [
     "uuid7_hex",
 ]
 
-HEX_DIGITS = "0123456789abcdef"
-ZERO_TRACE_ID = "0" * 32
-ZERO_SPAN_ID = "0" * 16
+HEX_DIGITS: Final = "0123456789abcdef"
+ZERO_TRACE_ID: Final = "0" * 32
+ZERO_SPAN_ID: Final = "0" * 16
 
 
 # The one W3C id check. str.strip with the hex digits leaves nothing exactly when every

@@ -598,7 +598,11 @@ def _group(key: tuple[Any, ...], limits: tuple[int, ...]) -> tuple[Any, ...]:
 
 
 # Group tags: the first element of a memo key, so groups of different fields never collide.
-_I, _S, _T, _C, _D = "identity", "span", "trace", "chat", "document"
+_I: Final = "identity"
+_S: Final = "span"
+_T: Final = "trace"
+_C: Final = "chat"
+_D: Final = "document"
 _IDENTITY: Final = (SHORT_TEXT_CHARS, SHORT_TEXT_CHARS, SHORT_TEXT_CHARS)  # user, session, kb
 _SPAN_LABELS: Final = (SHORT_TEXT_CHARS, 64, 256, 256, 32)  # name, type, model, provider, status
 _TRACE_LABELS: Final = (SHORT_TEXT_CHARS, 32)  # name, status

@@ -43,8 +43,8 @@ _SKETCH_AT: Final = 4
 _HIST_AT: Final = 5
 _LOG_GAMMA: Final = math.log(GAMMA)
 _INF: Final = math.inf
-_ceil = math.ceil
-_log = math.log
+_ceil: Final = math.ceil
+_log: Final = math.log
 _DAY_ZERO: Final = _dt.datetime(1, 1, 1, tzinfo=_dt.UTC)
 _ONE_MINUTE: Final = _dt.timedelta(minutes=1)
 
@@ -115,25 +115,34 @@ def _col(table_columns: tuple[str, ...], name: str) -> int:
     return table_columns.index(name)
 
 
-_S = schema.SPAN_COLUMNS
-_S_TS, _S_TYPE, _S_STATUS, _S_DUR = (
-    _col(_S, c) for c in ("timestamp", "span_type", "status", "duration_ms")
-)
-_S_MODEL, _S_KB = _col(_S, "model"), _col(_S, "kb_id")
-_S_IN, _S_OUT = _col(_S, "input_tokens"), _col(_S, "output_tokens")
-_S_COST = _col(_S, "cost_usd")
-_T = schema.TRACE_COLUMNS
-_T_TS, _T_STATUS, _T_DUR, _T_KB = (
-    _col(_T, c) for c in ("timestamp", "status", "duration_ms", "kb_id")
-)
-_D = schema.DOCUMENT_COLUMNS
-_D_TS, _D_TYPE, _D_STATUS, _D_DUR, _D_KB = (
-    _col(_D, c) for c in ("timestamp", "event_type", "status", "duration_ms", "kb_id")
-)
-_C = schema.CHAT_COLUMNS
-_C_TS, _C_ROLE, _C_KB, _C_TOKENS = (
-    _col(_C, c) for c in ("timestamp", "role", "kb_id", "token_count")
-)
+# One Final per position: compiled by mypyc, a module-level name that is not Final is a
+# dict lookup at every use, and these are read for every row.
+_S: Final = schema.SPAN_COLUMNS
+_S_TS: Final = _col(_S, "timestamp")
+_S_TYPE: Final = _col(_S, "span_type")
+_S_STATUS: Final = _col(_S, "status")
+_S_DUR: Final = _col(_S, "duration_ms")
+_S_MODEL: Final = _col(_S, "model")
+_S_KB: Final = _col(_S, "kb_id")
+_S_IN: Final = _col(_S, "input_tokens")
+_S_OUT: Final = _col(_S, "output_tokens")
+_S_COST: Final = _col(_S, "cost_usd")
+_T: Final = schema.TRACE_COLUMNS
+_T_TS: Final = _col(_T, "timestamp")
+_T_STATUS: Final = _col(_T, "status")
+_T_DUR: Final = _col(_T, "duration_ms")
+_T_KB: Final = _col(_T, "kb_id")
+_D: Final = schema.DOCUMENT_COLUMNS
+_D_TS: Final = _col(_D, "timestamp")
+_D_TYPE: Final = _col(_D, "event_type")
+_D_STATUS: Final = _col(_D, "status")
+_D_DUR: Final = _col(_D, "duration_ms")
+_D_KB: Final = _col(_D, "kb_id")
+_C: Final = schema.CHAT_COLUMNS
+_C_TS: Final = _col(_C, "timestamp")
+_C_ROLE: Final = _col(_C, "role")
+_C_KB: Final = _col(_C, "kb_id")
+_C_TOKENS: Final = _col(_C, "token_count")
 
 
 def _minute(ts: _dt.datetime) -> int:

@@ -67,9 +67,9 @@ _KEY_BITS: Final = 64 - COUNT_BITS
 # The smallest key: below every bucket of a positive double (log(5e-324) / log(GAMMA) ≈ -37,400).
 ZERO_KEY: Final = -(1 << (_KEY_BITS - 1))
 
-_log = math.log
-_ceil = math.ceil
-_isnan = math.isnan
+_log: Final = math.log
+_ceil: Final = math.ceil
+_isnan: Final = math.isnan
 _INF: Final = math.inf
 
 
