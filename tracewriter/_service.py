@@ -22,7 +22,6 @@ from typing import Any, Final, TypeVar
 from tracewriter._config import WriterConfig, redact_dsn, redact_text
 from tracewriter._context import (
     TraceContext,
-    current_context,
     make_context,
     reset_context,
     tracewriter_current_context,
@@ -45,6 +44,9 @@ __all__ = ["ObservabilityService", "get_instance", "reset_instance"]
 
 _log = get_logger("service")
 _T = TypeVar("_T")
+# The context variable's own methods: on the recording path a wrapper's frame costs more
+# than the lookup (current_context() is the public spelling of _current).
+_current: Final = tracewriter_current_context.get
 _set_current: Final = tracewriter_current_context.set
 _reset_current: Final = tracewriter_current_context.reset
 _fromtimestamp: Final = _dt.datetime.fromtimestamp
@@ -159,7 +161,7 @@ class _SpanScope:
         try:
             self._start_ns = time_ns()
             self._mono = monotonic()
-            child = _child_of(self._parent or current_context(), self._start_ns, self._mono)
+            child = _child_of(self._parent or _current(), self._start_ns, self._mono)
             self._child = child
             meta = self._meta
             self._svc._emit(
@@ -409,7 +411,7 @@ class ObservabilityService:
         try:
             start_ns = time_ns()
             mono = monotonic()
-            child = _child_of(ctx or current_context(), start_ns, mono)
+            child = _child_of(ctx or _current(), start_ns, mono)
             self._emit(
                 (_SPAN_START, start_ns, None, child.trace_id, child.span_id,
                 child.parent_span_id, name, span_type, None, None, None, None,
@@ -441,7 +443,7 @@ class ObservabilityService:
         """Record a finished LLM call as a complete span; returns its span id, always."""
         span_id = new_span_id()
         try:
-            parent = ctx or current_context()
+            parent = ctx or _current()
             end_ns = time_ns()
             start_ns = end_ns
             # The row's timestamp is the call's start; 0 < d < 1e12 is also false for NaN.
@@ -475,7 +477,7 @@ class ObservabilityService:
     ) -> None:
         """Record one chat message (full content, and a 500-character preview)."""
         try:
-            c = ctx or current_context()
+            c = ctx or _current()
             self._emit(
                 (_CHAT, time_ns(), None, c.trace_id if c else "", c.span_id if c else None,
                 None, None, None, None, None, None, None,
@@ -505,7 +507,7 @@ class ObservabilityService:
         nothing is written.
         """
         try:
-            c = ctx or current_context()
+            c = ctx or _current()
             kb_id = c.kb_id if c is not None else None
             if c is None or not kb_id:
                 self._reject("document event without kb_id", event_type=clean_text(event_type, 64))
