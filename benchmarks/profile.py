@@ -9,8 +9,11 @@ The evidence behind RESULTS.md's analysis of missed targets, reproducible on any
   the text profile goes to ``benchmarks/results/profile-e2e.txt``.
 - ``lag``: the loop-lag run at 20,000 events/s with every event-loop step longer than 2 ms
   attributed to the coroutine it ran (where it suspended next), and every GC pause noted.
+- ``encode``: asyncpg's client CPU per value of each column of the simple path's span rows
+  (priced ``log_llm_call`` rows), each column sent alone by binary COPY into a table of that
+  column's type, beside the whole row: what the COPY encoding of a row is made of.
 
-``e2e`` and ``lag`` use ``TRACEWRITER_DSN`` or start an embedded server, in a throwaway
+``e2e``, ``lag`` and ``encode`` use ``TRACEWRITER_DSN`` or start an embedded server, in a throwaway
 database.
 """
 
@@ -234,6 +237,72 @@ def lag(seconds: float, thread_mode: bool) -> None:
         )
 
 
+async def _encode_costs(dsn: str, rows: list[tuple[Any, ...]], repeats: int) -> list[Any]:
+    import asyncpg  # noqa: PLC0415
+
+    from tracewriter._schema import SPAN_COLUMNS  # noqa: PLC0415
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("CREATE TEMP TABLE whole (LIKE observability.spans)")
+
+        async def cpu_per_value(
+            table: str, records: list[tuple[Any, ...]], columns: Any = None
+        ) -> float:
+            best = float("inf")
+            for _ in range(repeats):
+                await conn.execute(f"TRUNCATE {table}")
+                began = time.process_time()
+                await conn.copy_records_to_table(table, records=records, columns=columns)
+                best = min(best, time.process_time() - began)
+            return best / len(records) * 1e6
+
+        figures: list[tuple[str, str, float]] = []
+        for i, column in enumerate(SPAN_COLUMNS):
+            table = f"only_{i}"
+            await conn.execute(
+                f'CREATE TEMP TABLE {table} AS SELECT "{column}" FROM observability.spans LIMIT 0'
+            )
+            pg_type = await conn.fetchval(
+                "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                "WHERE attrelid = $1::regclass AND attnum = 1",
+                table,
+            )
+            us = await cpu_per_value(table, [(r[i],) for r in rows])
+            figures.append((column, pg_type, us))
+        whole = await cpu_per_value("whole", rows, list(SPAN_COLUMNS))
+    finally:
+        await conn.close()
+    return [figures, whole]
+
+
+def encode(calls: int, repeats: int) -> None:
+    """Client CPU of binary COPY per value, column by column, for priced LLM span rows."""
+    from benchmarks._workload import LLM_ARGS, CaptureProvider, default_metadata  # noqa: PLC0415
+    from tracewriter import ObservabilityService  # noqa: PLC0415
+    from tracewriter._cost import CostCalculator  # noqa: PLC0415
+    from tracewriter._records import KIND, EventKind, priced_builders  # noqa: PLC0415
+
+    capture = CaptureProvider()
+    recorder = ObservabilityService(providers=[capture])
+    for i in range(calls):
+        recorder.log_llm_call(None, **LLM_ARGS, metadata=default_metadata(i))
+    _, builders = priced_builders(CostCalculator())
+    assert builders is not None
+    build_span = builders[EventKind.SPAN][1]
+    rows = [build_span(e) for e in capture.events if e[KIND] == EventKind.SPAN]
+    with _database() as dsn:
+        figures, whole = asyncio.run(_encode_costs(dsn, rows, repeats))
+    say(f"{len(rows):,} priced LLM span rows; client CPU of binary COPY, best of {repeats}")
+    say(f"  {'whole row':<24} {'':<28} {whole:6.2f} µs a row")
+    for column, pg_type, us in sorted(figures, key=lambda f: -f[2]):
+        say(f"  {column:<24} {pg_type:<28} {us:6.2f} µs a value (a table of it alone)")
+    say(
+        f"  sum of the columns alone: {sum(f[2] for f in figures):.2f} µs (each alone also "
+        "pays a row's framing)"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -244,12 +313,17 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("lag", help="what stalls the loop at 20,000 events/s")
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--thread-mode", action="store_true")
+    p = sub.add_parser("encode", help="asyncpg's COPY encoding CPU, column by column")
+    p.add_argument("--calls", type=int, default=100_000)
+    p.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     quiet_logging()
     if args.what == "costs":
         costs(args.traces)
     elif args.what == "e2e":
         e2e(args.traces)
+    elif args.what == "encode":
+        encode(args.calls, args.repeats)
     else:
         lag(args.seconds, args.thread_mode)
 
