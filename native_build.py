@@ -20,24 +20,31 @@ import tempfile
 from importlib.machinery import EXTENSION_SUFFIXES
 from importlib.util import module_from_spec, spec_from_file_location
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parent
 # mypyc puts the code the compiled modules share in one top-level extension named after this.
 GROUP = "tracewriter"
 
 
-def modules() -> tuple[str, ...]:
-    """The compiled modules' names, read from tracewriter/_native.py (the package unimported)."""
+def _native() -> ModuleType:
+    """tracewriter/_native.py, loaded on its own (the package unimported)."""
     spec = spec_from_file_location("_tracewriter_native", ROOT / "tracewriter" / "_native.py")
     assert spec is not None and spec.loader is not None
     native = module_from_spec(spec)
     spec.loader.exec_module(native)
-    return tuple(native.MODULES)
+    return native
+
+
+def modules() -> tuple[str, ...]:
+    """The compiled modules' names, as tracewriter/_native.py lists them."""
+    return tuple(_native().MODULES)
 
 
 def sources() -> list[str]:
     """The modules' source paths, relative to the root (mypyc names modules from them)."""
-    return [name.replace(".", "/") + ".py" for name in modules()]
+    path_of = _native().path_of
+    return [path_of(name) for name in modules()]
 
 
 def compile_into(out_dir: Path, build_dir: Path) -> list[Path]:
@@ -74,10 +81,10 @@ def compile_into(out_dir: Path, build_dir: Path) -> list[Path]:
 
 def built_in_place() -> list[Path]:
     """Extension files of the compiled modules (and their shared part) found in the tree."""
+    path_of = _native().path_of
     found = []
     for name in (*modules(), f"{GROUP}__mypyc"):
-        stem = ROOT / name.replace(".", "/")
-        found.extend(p for s in EXTENSION_SUFFIXES if (p := stem.with_name(stem.name + s)).exists())
+        found.extend(p for s in EXTENSION_SUFFIXES if (p := ROOT / path_of(name, s)).exists())
     return found
 
 

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 import tracewriter
 from tracewriter import _ids
 from tracewriter import _records as records
-from tracewriter._native import MODULES, compiled_modules, is_native
+from tracewriter._native import MODULES, compiled_modules, is_native, path_of
 from tracewriter._records import EventKind
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,10 +68,9 @@ def test_an_inplace_build_is_redone_only_when_a_source_is_newer(tmp_path: Path) 
     (tmp_path / "tracewriter").mkdir()
     shutil.copy2(REPO / "native_build.py", tmp_path)
     for name in (*MODULES, "tracewriter._native", "tracewriter._schema"):
-        shutil.copy2(REPO / (name.replace(".", "/") + ".py"), tmp_path / "tracewriter")
+        shutil.copy2(REPO / path_of(name), tmp_path / "tracewriter")
     suffix = EXTENSION_SUFFIXES[0]
-    built = [tmp_path / (name.replace(".", "/") + suffix) for name in MODULES]
-    built.append(tmp_path / ("tracewriter__mypyc" + suffix))
+    built = [tmp_path / path_of(name, suffix) for name in (*MODULES, "tracewriter__mypyc")]
 
     def up_to_date() -> bool:
         out = subprocess.run(

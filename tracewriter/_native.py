@@ -16,7 +16,7 @@ import importlib
 from importlib.machinery import EXTENSION_SUFFIXES
 from typing import Final
 
-__all__ = ["MODULES", "compiled_modules", "is_native"]
+__all__ = ["MODULES", "compiled_modules", "is_native", "path_of"]
 
 # Synchronous, hot, and free of anything a test replaces at runtime: compiled code binds the
 # names it calls, so a module that tests patch (the service, the flusher) stays interpreted.
@@ -28,6 +28,12 @@ MODULES: Final = (
     "tracewriter._rollup",
     "tracewriter._assembler",
 )
+
+
+def path_of(module: str, suffix: str = ".py") -> str:
+    """Where ``module`` lives relative to the project root: its source, or with ``suffix``
+    (an extension suffix) its compiled extension. The build and its tests share this rule."""
+    return module.replace(".", "/") + suffix
 
 
 def compiled_modules() -> tuple[str, ...]:
