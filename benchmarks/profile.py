@@ -11,7 +11,9 @@ The evidence behind RESULTS.md's analysis of missed targets, reproducible on any
   attributed to the coroutine it ran (where it suspended next), and every GC pause noted.
 - ``encode``: asyncpg's client CPU per value of each column of the simple path's span rows
   (priced ``log_llm_call`` rows), each column sent alone by binary COPY into a table of that
-  column's type, beside the whole row: what the COPY encoding of a row is made of.
+  column's type, beside the whole row: what the COPY encoding of a row is made of; then the
+  timestamp and the whole row again on a connection with the writer pool's codec
+  (``tracewriter._codecs``).
 
 ``e2e``, ``lag`` and ``encode`` use ``TRACEWRITER_DSN`` or start an embedded server, in a throwaway
 database.
@@ -240,6 +242,7 @@ def lag(seconds: float, thread_mode: bool) -> None:
 async def _encode_costs(dsn: str, rows: list[tuple[Any, ...]], repeats: int) -> list[Any]:
     import asyncpg  # noqa: PLC0415
 
+    from tracewriter._pgsink import _use_our_codecs  # noqa: PLC0415
     from tracewriter._schema import SPAN_COLUMNS  # noqa: PLC0415
 
     conn = await asyncpg.connect(dsn)
@@ -271,9 +274,14 @@ async def _encode_costs(dsn: str, rows: list[tuple[Any, ...]], repeats: int) -> 
             us = await cpu_per_value(table, [(r[i],) for r in rows])
             figures.append((column, pg_type, us))
         whole = await cpu_per_value("whole", rows, list(SPAN_COLUMNS))
+        # The same on a connection as the writer's pool makes them (its timestamptz codec).
+        await _use_our_codecs(conn)
+        at = SPAN_COLUMNS.index("timestamp")
+        writer_timestamp = await cpu_per_value(f"only_{at}", [(r[at],) for r in rows])
+        writer_whole = await cpu_per_value("whole", rows, list(SPAN_COLUMNS))
     finally:
         await conn.close()
-    return [figures, whole]
+    return [figures, whole, writer_timestamp, writer_whole]
 
 
 def encode(calls: int, repeats: int) -> None:
@@ -292,9 +300,13 @@ def encode(calls: int, repeats: int) -> None:
     build_span = builders[EventKind.SPAN][1]
     rows = [build_span(e) for e in capture.events if e[KIND] == EventKind.SPAN]
     with _database() as dsn:
-        figures, whole = asyncio.run(_encode_costs(dsn, rows, repeats))
+        figures, whole, writer_timestamp, writer_whole = asyncio.run(
+            _encode_costs(dsn, rows, repeats)
+        )
     say(f"{len(rows):,} priced LLM span rows; client CPU of binary COPY, best of {repeats}")
-    say(f"  {'whole row':<24} {'':<28} {whole:6.2f} µs a row")
+    say(f"  {'whole row':<24} {'asyncpg defaults':<28} {whole:6.2f} µs a row")
+    say(f"  {'whole row':<24} {'the writer pool codecs':<28} {writer_whole:6.2f} µs a row")
+    say(f"  {'timestamp':<24} {'the writer pool codec':<28} {writer_timestamp:6.2f} µs a value")
     for column, pg_type, us in sorted(figures, key=lambda f: -f[2]):
         say(f"  {column:<24} {pg_type:<28} {us:6.2f} µs a value (a table of it alone)")
     say(

@@ -27,6 +27,7 @@ MODULES: Final = (
     "tracewriter._records",
     "tracewriter._rollup",
     "tracewriter._assembler",
+    "tracewriter._codecs",
 )
 
 
