@@ -1,7 +1,8 @@
 """The PostgreSQL sink: an asyncpg pool, binary COPY for new rows, prepared statements for the rest.
 
-Owns the connection pool and the translation of asyncpg's errors into the two the flusher acts
-on. It knows the SQL (through ``_sql``) and nothing of the API or the buffer.
+Owns the connection pool (each connection set up with the writer's timestamptz codec,
+``_codecs``) and the translation of asyncpg's errors into the two the flusher acts on. It knows
+the SQL (through ``_sql``) and nothing of the API or the buffer.
 
 On Citus a CHECK or NOT NULL violation a worker raises during COPY comes back through the
 coordinator as SQLSTATE XX000 (internal error) with the worker's message but not its state, so
@@ -70,7 +71,8 @@ def classify_error(exc: BaseException, dsn: str | None = None) -> SinkError:
 
 async def _use_our_codecs(conn: asyncpg.Connection) -> None:
     """Each new pool connection encodes timestamptz with the writer's codec (``_codecs``):
-    the values asyncpg's default sends and returns, for about half its CPU per row."""
+    the values asyncpg's default sends and returns, for 0.25 µs a row instead of 0.61
+    (compiled; 0.39 as Python)."""
     await conn.set_type_codec(
         "timestamptz",
         schema="pg_catalog",
