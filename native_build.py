@@ -13,6 +13,7 @@ compiles, so ``--clean`` runs anywhere.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import sys
@@ -27,8 +28,9 @@ ROOT = Path(__file__).resolve().parent
 GROUP = "tracewriter"
 
 
+@functools.cache
 def _native() -> ModuleType:
-    """tracewriter/_native.py, loaded on its own (the package unimported)."""
+    """tracewriter/_native.py, loaded on its own (the package unimported), once a process."""
     spec = spec_from_file_location("_tracewriter_native", ROOT / "tracewriter" / "_native.py")
     assert spec is not None and spec.loader is not None
     native = module_from_spec(spec)
